@@ -1,0 +1,41 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Each creates the virtual environment (.venv) when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+# Cap intra-op threads: the 2-core CI machine runs several worker processes.
+export OMP_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export WANDB_MODE ?= offline
+export RAY_DEDUP_LOGS ?= 0
+export PYTHONHASHSEED ?= 0
+
+.PHONY: demo test test-fast env clean bench-data bench-tokenizer
+
+env: $(STAMP)
+
+# torch goes in first and is pinned through a constraints file, so no resolver
+# can replace it with a CUDA build on a machine without a GPU. On a GPU machine
+# the same pin pulls the normal CUDA wheel from the index.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	echo "torch==$(TORCH_VERSION)" > $(VENV)/constraints.txt
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[test]"
+	$(PY) -c "import torch, megatron.core, ray, hydra, sentencepiece, transformers; print('environment ready: torch', torch.__version__, 'megatron-core', megatron.core.__version__)"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m launch.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra --durations=15
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m "not slow"
+
+clean:
+	rm -rf runs outputs multirun

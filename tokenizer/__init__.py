@@ -1,0 +1,1 @@
+"""Stage 2: train a SentencePiece BPE tokenizer and encode the corpus into Megatron indexed datasets."""
