@@ -1,0 +1,196 @@
+"""Loss-spike detection and the escalating recovery policy.
+
+A two-month run cannot be watched around the clock, so the trainer decides by
+itself what to do when a step looks wrong. This module holds that decision as
+plain logic (no torch, no process groups) so it can be tested exhaustively; the
+training loop feeds it one observation per step and carries out the action.
+
+Signals (any one flags the step):
+- non-finite loss or gradient norm;
+- loss more than ``loss_sigma`` standard deviations above the mean of the last
+  ``window`` good steps (OLMo/MaxText use 6σ over 128 steps);
+- gradient norm more than ``grad_norm_sigma`` deviations above its window (a
+  steadily rising gradient norm preceded divergence in Tele-FLM's experience);
+- a sustained rise: the mean loss of the last ``sustained_window`` steps above
+  the mean of the window before it by more than ``sustained_rise`` (relative).
+
+Flagged steps never enter the statistics, so one spike cannot hide the next.
+
+Responses escalate (PaLM, OPT, MaxText practice), each level optional:
+1. ``skip_update``: drop this step's gradients;
+2. ``rollback``: reload the last good checkpoint from at least
+   ``rollback_steps_before`` steps before the spike and skip the next
+   ``skip_batches`` global batches of data (PaLM restarted ~100 steps earlier
+   and skipped 200-500 batches: the spike came from data x state);
+3. ``lower_lr``: scale the learning rate by ``lr_factor`` for ``lr_steps``.
+After ``max_recoveries`` flagged events inside ``recovery_window`` steps the run
+stops with a clear message instead of looping.
+
+All ranks must reach the same decision: the loop reduces the flag across the
+world (``agree``) before acting, and the inputs (the DP-averaged loss and the
+global gradient norm) are the same on every rank anyway.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from statistics import fmean, pstdev
+
+
+class Signal(str, Enum):
+    NONE = "none"
+    NONFINITE = "nonfinite"
+    LOSS_SPIKE = "loss_spike"
+    GRAD_NORM_SPIKE = "grad_norm_spike"
+    SUSTAINED_RISE = "sustained_rise"
+
+
+class Action(str, Enum):
+    CONTINUE = "continue"
+    SKIP_UPDATE = "skip_update"
+    ROLLBACK = "rollback"
+    LOWER_LR = "lower_lr"
+    STOP = "stop"
+
+
+@dataclass
+class SpikeConfig:
+    """Mirrors ``train.spikes`` in configs/pretrain.yaml one-to-one."""
+
+    enabled: bool = True
+    window: int = 128
+    min_history: int = 16
+    loss_sigma: float = 6.0
+    grad_norm_sigma: float = 6.0
+    min_loss_std: float = 0.02            # floor on σ so a flat loss does not flag noise
+    sustained_window: int = 0             # 0 disables the sustained-rise check
+    sustained_rise: float = 0.05
+    policies: tuple[str, ...] = ("skip_update", "rollback", "lower_lr")
+    rollback_steps_before: int = 100
+    skip_batches: int = 200
+    lr_factor: float = 0.5
+    lr_steps: int = 500
+    max_recoveries: int = 5
+    recovery_window: int = 2000
+
+    def __post_init__(self) -> None:
+        unknown = set(self.policies) - {"skip_update", "rollback", "lower_lr"}
+        if unknown:
+            raise ValueError(f"train.spikes.policies: unknown policy {sorted(unknown)}; "
+                             "choose from skip_update, rollback, lower_lr")
+        if self.window < self.min_history or self.min_history < 2:
+            raise ValueError("train.spikes.window must be >= train.spikes.min_history >= 2")
+        if not 0 < self.lr_factor <= 1:
+            raise ValueError(f"train.spikes.lr_factor must be in (0, 1], got {self.lr_factor}")
+
+
+@dataclass
+class Verdict:
+    signal: Signal
+    detail: str = ""
+
+    @property
+    def flagged(self) -> bool:
+        return self.signal is not Signal.NONE
+
+
+class SpikeDetector:
+    """Rolling statistics over good steps; ``observe`` classifies one step."""
+
+    def __init__(self, config: SpikeConfig) -> None:
+        self.config = config
+        self.losses: deque[float] = deque(maxlen=config.window)
+        self.grad_norms: deque[float] = deque(maxlen=config.window)
+        longest = max(config.window, 2 * config.sustained_window)
+        self.long_losses: deque[float] = deque(maxlen=longest)
+
+    def observe(self, loss: float, grad_norm: float | None) -> Verdict:
+        cfg = self.config
+        if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
+            return Verdict(Signal.NONFINITE, f"loss={loss} grad_norm={grad_norm}")
+        if len(self.losses) >= cfg.min_history:
+            mean, std = fmean(self.losses), max(pstdev(self.losses), cfg.min_loss_std)
+            if loss > mean + cfg.loss_sigma * std:
+                return Verdict(Signal.LOSS_SPIKE, f"loss {loss:.4f} > mean {mean:.4f} + {cfg.loss_sigma}σ ({std:.4f})")
+            if grad_norm is not None and len(self.grad_norms) >= cfg.min_history:
+                g_mean = fmean(self.grad_norms)
+                g_std = max(pstdev(self.grad_norms), 0.05 * g_mean)
+                if grad_norm > g_mean + cfg.grad_norm_sigma * g_std:
+                    return Verdict(Signal.GRAD_NORM_SPIKE,
+                                   f"grad_norm {grad_norm:.4f} > mean {g_mean:.4f} + {cfg.grad_norm_sigma}σ ({g_std:.4f})")
+        self.losses.append(loss)
+        if grad_norm is not None:
+            self.grad_norms.append(grad_norm)
+        self.long_losses.append(loss)
+        n = cfg.sustained_window
+        if n and len(self.long_losses) >= 2 * n:
+            recent = list(self.long_losses)[-n:]
+            before = list(self.long_losses)[-2 * n:-n]
+            rise = (fmean(recent) - fmean(before)) / max(abs(fmean(before)), 1e-8)
+            if rise > cfg.sustained_rise:
+                self.long_losses.clear()  # one alarm per rise, not one per step
+                return Verdict(Signal.SUSTAINED_RISE, f"mean loss rose {100 * rise:.1f}% over {n} steps")
+        return Verdict(Signal.NONE)
+
+    def state_dict(self) -> dict:
+        return {"losses": list(self.losses), "grad_norms": list(self.grad_norms),
+                "long_losses": list(self.long_losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses.extend(state.get("losses", []))
+        self.grad_norms.extend(state.get("grad_norms", []))
+        self.long_losses.extend(state.get("long_losses", []))
+
+
+@dataclass
+class RecoveryPlanner:
+    """Turns flagged steps into escalating actions, and refuses to loop forever."""
+
+    config: SpikeConfig
+    events: list[int] = field(default_factory=list)   # steps of recent flagged events
+    level: int = 0                                    # escalation level inside the window
+
+    def decide(self, step: int, verdict: Verdict) -> Action:
+        if not verdict.flagged:
+            return Action.CONTINUE
+        cfg = self.config
+        self.events = [s for s in self.events if step - s < cfg.recovery_window]
+        if not self.events:
+            self.level = 0
+        self.events.append(step)
+        if len(self.events) > cfg.max_recoveries:
+            return Action.STOP
+        ladder = [Action(p) for p in cfg.policies]
+        if not ladder:
+            return Action.STOP
+        # A sustained rise is never fixed by skipping one update: start one rung higher.
+        if verdict.signal is Signal.SUSTAINED_RISE and ladder[0] is Action.SKIP_UPDATE \
+                and len(ladder) > 1 and self.level == 0:
+            self.level = 1
+        action = ladder[min(self.level, len(ladder) - 1)]
+        self.level += 1
+        return action
+
+    def state_dict(self) -> dict:
+        return {"events": list(self.events), "level": self.level}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.events = list(state.get("events", []))
+        self.level = int(state.get("level", 0))
+
+
+def agree(flag: bool) -> bool:
+    """True on every rank if any rank raised the flag (a MAX all-reduce), else the flag itself."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0])
+    if torch.cuda.is_available():
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
