@@ -1,0 +1,71 @@
+"""``python -m launch stage=STAGE cluster=PRESET [stage overrides...]``.
+
+Checks the whole configuration first (stage, preset, world size against nodes
+x GPUs, the stage's own overrides), then either runs the stage here (local
+preset: one process, or torchrun) or writes and submits an sbatch script
+(Slurm presets). ``dry_run=true`` prints the resolved configs and the command
+or sbatch script, and submits nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from launch.cli_args import split_argv
+from launch.local import local_command, run_local
+from launch.plan import make_plan
+from launch.slurm import render_sbatch, submit, wait_for, write_sbatch
+from launch.stages import LaunchConfigError
+
+
+def launch(cfg: DictConfig) -> int:
+    plan = make_plan(cfg)
+    if cfg.dry_run:
+        print("# launch config\n" + OmegaConf.to_yaml(cfg, resolve=True))
+        if plan.stage_config is not None:
+            print(f"# {plan.stage_name} config\n" + OmegaConf.to_yaml(plan.stage_config, resolve=True))
+    plan.launch_dir.mkdir(parents=True, exist_ok=True)
+    record = {"stage": plan.stage_name, "launcher": plan.launcher, "nodes": plan.nodes,
+              "procs_per_node": plan.procs_per_node, "stage_args": plan.stage_args}
+    if plan.launcher == "local":
+        command = local_command(plan)
+        if cfg.dry_run:
+            print("# command\n" + " ".join(command))
+            return 0
+        (plan.launch_dir / "launch.json").write_text(json.dumps({**record, "command": command}, indent=1))
+        return run_local(plan)
+
+    script = render_sbatch(plan, cfg.cluster, str(cfg.job_name))
+    path = write_sbatch(plan, script)
+    if cfg.dry_run:
+        print(f"# sbatch script (written to {path}, not submitted)\n{script}")
+        return 0
+    job_id = submit(path)
+    (plan.launch_dir / "launch.json").write_text(json.dumps({**record, "job_id": job_id, "script": str(path)}, indent=1))
+    print(f"[launch] submitted job {job_id}: {path}; log {plan.launch_dir / 'slurm'}", flush=True)
+    if cfg.wait:
+        state = wait_for(job_id)
+        print(f"[launch] job {job_id} finished: {state}")
+        return 0 if state == "COMPLETED" else 1
+    return 0
+
+
+@hydra.main(config_path="../configs", config_name="launch", version_base=None)
+def main(cfg: DictConfig) -> int:
+    try:
+        code = launch(cfg)
+    except LaunchConfigError as err:
+        print(f"[launch] configuration error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if code:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *split_argv(sys.argv[1:])]
+    main()

@@ -1,0 +1,35 @@
+"""Run a stage on this machine: one process, or torchrun for distributed stages.
+
+The launcher starts torchrun itself (instead of letting ``python -m pretrain``
+re-launch itself) so local and Slurm runs share one code path for the world
+size and the environment, and so WORLD_SIZE is set when the stage starts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from launch.plan import LaunchPlan, stage_command
+
+
+def local_command(plan: LaunchPlan) -> list[str]:
+    command = stage_command(plan)
+    if plan.stage.distributed and plan.world_size > 1:
+        return [plan.python, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={plan.procs_per_node}", "-m", plan.stage.module, *plan.stage_args]
+    return command
+
+
+def local_env(plan: LaunchPlan) -> dict[str, str]:
+    env = dict(os.environ)
+    # Several ranks share the cores: one intra-op thread each unless the preset says otherwise.
+    if plan.world_size > 1:
+        env.setdefault("OMP_NUM_THREADS", "1")
+    env.update(plan.env)
+    return env
+
+
+def run_local(plan: LaunchPlan) -> int:
+    """Run to completion in the foreground, output streamed; returns the exit code."""
+    return subprocess.run(local_command(plan), cwd=plan.workdir, env=local_env(plan)).returncode
