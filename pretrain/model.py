@@ -1,0 +1,380 @@
+"""The Tele-FLM architecture as a megatron-core ``GPTModel``.
+
+Tele-FLM is a plain pre-norm GPT: RMSNorm, SwiGLU, RoPE, untied input/output
+embeddings, no biases, a final norm, plus two scalar multipliers from its μP
+search (embedding output × ``input_mult``; logits × ``output_mult /
+width_mult``).  Everything except the multipliers and the initialisation is a
+stock megatron-core layer spec, so checkpoints and parameter names are
+megatron-core's standard ones (the HF exporter maps those names).
+
+Initialisation is done by :func:`initialize_parameters` after the model is
+built, from a generator seeded by each parameter's *global* name.  Every rank
+builds the full (unsharded) tensor and keeps its shard, so the same seed gives
+the same network at TP1, TP2, PP2, ... and losses can be compared across
+layouts.  μP work plugs in through :func:`init_method_for`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_block import (
+    TransformerBlockSubmodules,
+    get_num_layers_to_build,
+)
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+try:  # TransformerEngine is only on GPU clusters.
+    import transformer_engine  # noqa: F401
+    from megatron.core.extensions.transformer_engine import TENorm
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    HAVE_TE = True
+except Exception:  # ImportError, or TE present but broken for this build
+    HAVE_TE = False
+
+ParamKind = Literal["matrix", "block_output", "embedding", "readout", "vector"]
+
+
+# ----------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------
+
+def _get(cfg: DictConfig, key: str, default=None):
+    value = OmegaConf.select(cfg, key, default=default)
+    return default if value is None else value
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int) -> int:
+    """Round the vocabulary up so every TP rank holds an equal, aligned slice."""
+    multiple = divisible_by * tensor_parallel_size
+    return int(math.ceil(vocab_size / multiple) * multiple)
+
+
+def resolved_vocab_size(model_cfg: DictConfig, tensor_parallel_size: int) -> int:
+    """``model.padded_vocab_size`` when set (a resumed run keeps its checkpoint's
+    padding so it can reshard), else vocab rounded up to divisible_by × TP."""
+    fixed = _get(model_cfg, "padded_vocab_size", None)
+    if fixed:
+        return int(fixed)
+    return padded_vocab_size(int(model_cfg.vocab_size),
+                             int(_get(model_cfg, "make_vocab_size_divisible_by", 128)),
+                             tensor_parallel_size)
+
+
+def width_mult(model_cfg: DictConfig) -> float:
+    """μP width multiplier (hidden / base hidden); 1.0 when μP is off."""
+    if not _get(model_cfg, "mup.enabled", False):
+        return 1.0
+    return model_cfg.hidden_size / _get(model_cfg, "mup.base_hidden_size", model_cfg.hidden_size)
+
+
+def logit_multiplier(model_cfg: DictConfig) -> float:
+    return float(_get(model_cfg, "output_mult", 1.0)) / width_mult(model_cfg)
+
+
+def _use_bf16(cfg: DictConfig) -> bool:
+    return bool(_get(cfg, "train.bf16", False))
+
+
+def _leave_uninitialised(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def transformer_config_from(cfg: DictConfig) -> TransformerConfig:
+    """Map ``cfg.model`` + ``cfg.parallel`` (+ ``cfg.train`` precision/recompute) to megatron."""
+    m, p = cfg.model, cfg.parallel
+    bf16 = _use_bf16(cfg)
+    recompute = _get(cfg, "train.recompute", "none")
+    recompute_kwargs: dict = {}
+    if recompute == "selective":
+        recompute_kwargs = dict(recompute_granularity="selective")
+    elif recompute == "full":
+        recompute_kwargs = dict(recompute_granularity="full", recompute_method="uniform",
+                                recompute_num_layers=1)
+    elif recompute != "none":
+        raise ValueError(f"train.recompute must be none|selective|full, got {recompute!r}")
+    tp = int(p.tensor_model_parallel_size)
+    vpp = _get(p, "virtual_pipeline_model_parallel_size", None)
+    init_std = float(m.init_method_std)
+    return TransformerConfig(
+        num_layers=int(m.num_layers),
+        hidden_size=int(m.hidden_size),
+        num_attention_heads=int(m.num_attention_heads),
+        num_query_groups=int(_get(m, "num_query_groups", m.num_attention_heads)),
+        kv_channels=int(_get(m, "kv_channels", m.hidden_size // m.num_attention_heads)),
+        ffn_hidden_size=int(m.ffn_hidden_size),
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=int(p.pipeline_model_parallel_size),
+        virtual_pipeline_model_parallel_size=int(vpp) if vpp else None,
+        sequence_parallel=bool(_get(p, "sequence_parallel", False)) and tp > 1,
+        normalization="RMSNorm",
+        layernorm_epsilon=float(_get(m, "norm_epsilon", 1e-5)),
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        cross_entropy_loss_fusion=False,
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_cpu_initialization=not torch.cuda.is_available(),
+        # megatron's init pass must run (it tags params with their TP partition
+        # attributes) but its values are discarded: initialize_parameters() does it.
+        perform_initialization=True,
+        init_method=_leave_uninitialised,
+        output_layer_init_method=_leave_uninitialised,
+        embedding_init_method=_leave_uninitialised,
+        init_method_std=init_std,
+        embedding_init_method_std=float(_get(m, "embedding_init_std", init_std)),
+        **recompute_kwargs,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Layer spec: local modules + SDPA attention + a sequence-parallel-aware RMSNorm
+# ----------------------------------------------------------------------------
+
+class TeleFLMRMSNorm:
+    """torch RMSNorm whose weight is tagged for sequence parallelism.
+
+    megatron's ``WrappedTorchNorm`` refuses ``sequence_parallel`` because it
+    cannot tag the weight; under SP each TP rank sees a different slice of the
+    sequence, so the norm-weight gradients must be all-reduced across TP, which
+    ``finalize_model_grads`` does for params carrying ``sequence_parallel=True``.
+    """
+
+    def __new__(cls, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_kwargs):
+        norm = torch.nn.RMSNorm(hidden_size, eps=eps, dtype=config.params_dtype)
+        if config.sequence_parallel:
+            norm.weight.sequence_parallel = True
+        return norm
+
+
+class SdpaAttention(MegatronModule):
+    """Core attention through ``torch.nn.functional.scaled_dot_product_attention``.
+
+    megatron's local ``DotProductAttention`` materialises the [b, h, s, s]
+    score matrix with baddbmm + softmax; SDPA picks a fused (flash / memory
+    efficient) kernel where one exists.  Inputs are megatron's [s, b, h, d];
+    the output is [s, b, h*d] like ``DotProductAttention``.  Causal only:
+    Tele-FLM trains with plain causal masks (no per-document reset).
+    """
+
+    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
+                 attention_type: str, attention_dropout: float | None = None,
+                 softmax_scale: float | None = None, **_kwargs):
+        super().__init__(config=config)
+        if attn_mask_type != AttnMaskType.causal:
+            raise ValueError(f"SdpaAttention supports causal masks only, got {attn_mask_type}")
+        self.softmax_scale = softmax_scale  # None -> 1/sqrt(head_dim), as megatron
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        tp = config.tensor_model_parallel_size
+        self.heads_per_rank = config.num_attention_heads // tp
+        self.groups_per_rank = max(1, config.num_query_groups // tp)
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None,
+                attention_bias=None, packed_seq_params=None):
+        if packed_seq_params is not None or attention_bias is not None:
+            raise NotImplementedError("SdpaAttention: packed sequences / attention bias unsupported")
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
+        if self.heads_per_rank != k.size(1):
+            repeat = self.heads_per_rank // k.size(1)
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        dropout_p = self.dropout_p if self.training else 0.0
+        if dropout_p > 0.0 and not self.config.sequence_parallel:
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
+                                                     scale=self.softmax_scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
+                                                 scale=self.softmax_scale)
+        s, b = out.size(2), out.size(0)
+        return out.permute(2, 0, 1, 3).reshape(s, b, -1)
+
+
+def layer_spec(use_transformer_engine: bool | None = None):
+    """One Tele-FLM transformer layer (TE spec on GPU clusters, local+SDPA otherwise)."""
+    if use_transformer_engine is None:
+        use_transformer_engine = HAVE_TE
+    if use_transformer_engine:
+        return get_gpt_layer_with_transformer_engine_spec()
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.input_layernorm = TeleFLMRMSNorm
+    spec.submodules.pre_mlp_layernorm = TeleFLMRMSNorm
+    spec.submodules.self_attention.submodules.core_attention = SdpaAttention
+    return spec
+
+
+def decoder_block_spec(config: TransformerConfig, vp_stage: int | None,
+                       use_transformer_engine: bool | None = None) -> TransformerBlockSubmodules:
+    if use_transformer_engine is None:
+        use_transformer_engine = HAVE_TE
+    num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(
+        layer_specs=[layer_spec(use_transformer_engine)] * num_layers,
+        layer_norm=TENorm if use_transformer_engine else TeleFLMRMSNorm,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Initialisation (μP hooks)
+# ----------------------------------------------------------------------------
+
+def _normal(std: float, truncated: bool) -> Callable[[torch.Tensor, torch.Generator], None]:
+    def init(tensor: torch.Tensor, generator: torch.Generator) -> None:
+        if truncated:
+            torch.nn.init.trunc_normal_(tensor, 0.0, std, -2.0 * std, 2.0 * std, generator=generator)
+        else:
+            torch.nn.init.normal_(tensor, 0.0, std, generator=generator)
+    return init
+
+
+def init_method_for(model_cfg: DictConfig, kind: ParamKind) -> Callable[[torch.Tensor, torch.Generator], None]:
+    """The initialiser for one kind of parameter; the single place μP rules go.
+
+    * ``matrix``: hidden weights (QKV, fc1) — std ``init_method_std``.
+    * ``block_output``: attention/MLP output projections — same std for now
+      (μP may add 1/sqrt(2·layers)).
+    * ``readout``: the untied output layer — ``init_method_std``.
+    * ``embedding``: input embedding — ``embedding_init_std``.
+    * ``vector``: norm gains — ones.
+    Truncated normal (±2σ) when ``truncated_normal_init``.
+    """
+    truncated = bool(_get(model_cfg, "truncated_normal_init", False))
+    matrix_std = float(model_cfg.init_method_std)
+    vector_std = float(_get(model_cfg, "embedding_init_std", matrix_std))
+    if kind in ("matrix", "block_output", "readout"):
+        return _normal(matrix_std, truncated)
+    if kind == "embedding":
+        return _normal(vector_std, truncated)
+    if kind == "vector":
+        return lambda tensor, generator: torch.nn.init.ones_(tensor)
+    raise ValueError(f"unknown parameter kind {kind!r}")
+
+
+def param_kind(global_name: str) -> ParamKind:
+    if "word_embeddings" in global_name:
+        return "embedding"
+    if global_name.startswith("output_layer"):
+        return "readout"
+    if "norm" in global_name or global_name.endswith("bias"):
+        return "vector"
+    if "linear_proj" in global_name or "linear_fc2" in global_name:
+        return "block_output"
+    return "matrix"
+
+
+def global_parameter_names(model: GPTModel) -> dict[str, str]:
+    """Local parameter name -> name at PP1 (global layer index), for seeding and docs."""
+    layer_numbers = {}
+    if getattr(model, "decoder", None) is not None:
+        for local_index, layer in enumerate(model.decoder.layers):
+            layer_numbers[str(local_index)] = str(layer.layer_number - 1)
+    names = {}
+    for name, _ in model.named_parameters():
+        names[name] = re.sub(r"^decoder\.layers\.(\d+)\.",
+                             lambda m: f"decoder.layers.{layer_numbers[m.group(1)]}.", name)
+    return names
+
+
+def _seed_for(seed: int, global_name: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{global_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@torch.no_grad()
+def initialize_parameters(model: GPTModel, model_cfg: DictConfig, seed: int) -> None:
+    """Layout-independent init: build each full tensor from its own seed, keep this rank's shard.
+
+    The shard rule is megatron's own (``_initialize_affine_weight_cpu``): split
+    the full tensor along ``partition_dim`` into ``stride × TP`` chunks and
+    take every TP-th one starting at this rank (stride 2 keeps SwiGLU's
+    [gate; up] halves paired on each rank).
+    """
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    global_names = global_parameter_names(model)
+    for name, param in model.named_parameters():
+        global_name = global_names[name]
+        init = init_method_for(model_cfg, param_kind(global_name))
+        is_tp = getattr(param, "tensor_model_parallel", False) and tp_size > 1
+        full_shape = list(param.shape)
+        if is_tp:
+            full_shape[param.partition_dim] *= tp_size
+        generator = torch.Generator(device="cpu").manual_seed(_seed_for(seed, global_name))
+        full = torch.empty(full_shape, dtype=torch.float32)
+        init(full, generator)
+        if is_tp:
+            stride = getattr(param, "partition_stride", 1)
+            chunks = torch.chunk(full, stride * tp_size, dim=param.partition_dim)
+            full = torch.cat(chunks[tp_rank::tp_size], dim=param.partition_dim)
+        param.copy_(full.to(device=param.device, dtype=param.dtype))
+
+
+# ----------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------
+
+def _scale_output(multiplier: float):
+    def hook(_module, _inputs, output):
+        if isinstance(output, tuple):  # ColumnParallelLinear returns (out, bias)
+            return (output[0] * multiplier, *output[1:])
+        return output * multiplier
+    return hook
+
+
+def build_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = True,
+                vp_stage: int | None = None) -> GPTModel:
+    """Build this rank's (pipeline stage's, virtual stage's) slice of Tele-FLM.
+
+    Needs ``parallel_state`` initialised (TP/PP sizes come from it).  The
+    vocabulary is padded to ``make_vocab_size_divisible_by × TP``.
+    """
+    config = transformer_config_from(cfg)
+    m = cfg.model
+    tp = int(cfg.parallel.tensor_model_parallel_size)
+    vocab = resolved_vocab_size(m, tp)
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=decoder_block_spec(config, vp_stage),
+        vocab_size=vocab,
+        max_sequence_length=int(m.seq_length),
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,
+        share_embeddings_and_output_weights=False,
+        position_embedding_type="rope",
+        rotary_base=int(_get(m, "rotary_base", 10000)),
+        vp_stage=vp_stage,
+    )
+    initialize_parameters(model, m, seed=int(_get(cfg, "train.seed", 1234)))
+    input_mult = float(_get(m, "input_mult", 1.0))
+    if pre_process and input_mult != 1.0:
+        model.embedding.register_forward_hook(_scale_output(input_mult))
+    output_mult = logit_multiplier(m)
+    if post_process and output_mult != 1.0:
+        model.output_layer.register_forward_hook(_scale_output(output_mult))
+    return model
