@@ -1,0 +1,184 @@
+"""The planner: activation formulas against the paper, the Tele-FLM preset, refusals and the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from pretrain.flops import mfu
+from pretrain.memory import (
+    GIB,
+    BlockShape,
+    in_flight_layer_activations,
+    layer_activation_bytes,
+    layer_activation_terms,
+)
+from pretrain.plan import Assumptions, PlanRefused, format_plan, plan, require_fit
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        return compose(config_name="plan", overrides=list(overrides))
+
+
+# ---------------------------------------------------------------- activation formulas
+
+def gpt_shape(s: int = 2048, b: int = 2, h: int = 1024, a: int = 16) -> BlockShape:
+    """Korthikanti et al.'s block: 4h GeLU MLP, dropout on, LayerNorm, no GQA."""
+    return BlockShape(seq_length=s, micro_batch=b, hidden=h, heads=a, q_width=h, kv_width=h, ffn=4 * h,
+                      swiglu=False, hidden_dropout=0.1, attention_dropout=0.1)
+
+
+def test_reproduces_korthikanti_34_plus_5as_over_h() -> None:
+    shape = gpt_shape()
+    s, b, h, a = 2048, 2, 1024, 16
+    expected = s * b * h * (34 + 5 * a * s / h)
+    assert layer_activation_bytes(shape, 1, False, "none", flash_attention=False) == expected
+    # TP without SP: 10 replicated + 24/t sharded + 5as/(ht) (the paper's eq. 2).
+    t = 4
+    assert layer_activation_bytes(shape, t, False, "none", False) == s * b * h * (10 + 24 / t + 5 * a * s / (h * t))
+    # TP + SP: everything divided by t; selective drops the score term; full keeps 2sbh/t.
+    assert layer_activation_bytes(shape, t, True, "none", False) == expected / t
+    assert layer_activation_bytes(shape, t, True, "selective", False) == s * b * h * 34 / t
+    assert layer_activation_bytes(shape, t, True, "full", False) == 2 * s * b * h / t
+
+
+def test_tele_flm_block_is_16_plus_6f_over_h_with_flash() -> None:
+    s, b, h, f, a = 4096, 1, 8192, 21824, 64
+    shape = BlockShape(seq_length=s, micro_batch=b, hidden=h, heads=a, q_width=h, kv_width=h, ffn=f)
+    terms = layer_activation_terms(shape, flash_attention=True)
+    assert terms.replicated + terms.sharded == s * b * h * (16 + 6 * f / h)
+    assert terms.scores == 4 * a * s * b                      # fp32 log-sum-exp only
+    no_flash = layer_activation_terms(shape, flash_attention=False)
+    assert no_flash.scores == 2 * a * s * s * b               # softmax output, no dropout
+
+
+def test_gqa_shrinks_only_k_and_v() -> None:
+    mha = BlockShape(seq_length=128, micro_batch=1, hidden=256, heads=8, q_width=256, kv_width=256, ffn=512)
+    gqa = BlockShape(seq_length=128, micro_batch=1, hidden=256, heads=8, q_width=256, kv_width=64, ffn=512)
+    saved = layer_activation_terms(mha, True).sharded - layer_activation_terms(gqa, True).sharded
+    assert saved == 2 * (2 * 128 * (256 - 64))
+
+
+def test_in_flight_micro_batches_1f1b_and_interleaved() -> None:
+    assert in_flight_layer_activations(0, 64, 2, 1, micro_batches=12) == 64     # first stage: p x L/p
+    assert in_flight_layer_activations(1, 64, 2, 1, micro_batches=12) == 32     # last stage: 1 micro-batch
+    assert in_flight_layer_activations(0, 64, 8, 1, micro_batches=2) == 16      # fewer micro-batches than stages
+    assert in_flight_layer_activations(0, 64, 4, 2, micro_batches=16) == 64 * (1 + 3 / 8)
+
+
+# ---------------------------------------------------------------- the Tele-FLM preset
+
+def test_tele_flm_preset_fits_on_a800() -> None:
+    result = plan(composed())
+    assert result.layout.describe() == "TP4 PP2 DP112 +SP = 896 GPUs"
+    assert result.padded_vocab == 80384
+    assert result.capacity_gib == 80
+    assert result.fits is True and result.refusal is None
+    assert 40 < result.peak_gib < 80
+    first, last = result.stages
+    assert first.in_flight == 64 and last.in_flight == 32
+    assert last.logits > 0 and first.logits == 0
+    # Distributed optimizer: 12 bytes per parameter spread over DP112.
+    assert first.optimizer == pytest.approx(12 * first.parameters / 112)
+    assert first.gradients == 2 * first.weights
+
+
+def test_step_time_arithmetic_is_consistent() -> None:
+    result = plan(composed())
+    step = result.step
+    assert step.micro_batches == 1344 // 112
+    assert step.bubble_fraction == pytest.approx(1 / 13)
+    assert step.step >= step.pipeline
+    assert step.mfu == pytest.approx(mfu(step.tokens_per_s_per_gpu, result.flops_per_token, 312.0))
+    assert 0.2 < step.mfu < result.assumptions.matmul_efficiency
+    # More efficient matmuls can only shorten the step.
+    faster = plan(composed("assumptions.matmul_efficiency=0.7"))
+    assert faster.step.step < step.step
+
+
+def test_plain_optimizer_keeps_full_state() -> None:
+    distributed = plan(composed()).stages[0]
+    plain = plan(composed("optimizer=plain")).stages[0]
+    assert plain.optimizer == pytest.approx(distributed.optimizer * 112)
+
+
+def test_without_flash_tele_flm_needs_selective_recompute() -> None:
+    unfused = plan(composed("train.flash_attention=false"))
+    assert unfused.fits is False
+    assert "train.recompute=selective" in unfused.refusal
+    assert plan(composed("train.flash_attention=false", "train.recompute=selective")).fits is True
+
+
+def test_assumption_defaults_match_plan_yaml() -> None:
+    yaml = OmegaConf.load(CONFIGS / "plan.yaml")
+    assert OmegaConf.to_container(yaml.assumptions) == asdict(Assumptions())
+
+
+# ---------------------------------------------------------------- refusals
+
+def test_oversized_single_node_is_refused_naming_tp_pp() -> None:
+    cfg = composed("parallel=single", "parallel.data_parallel_size=8")
+    result = plan(cfg)
+    assert result.fits is False
+    assert result.peak_gib > 80
+    assert "parallel.tensor_model_parallel_size" in result.refusal
+    assert "parallel.pipeline_model_parallel_size" in result.refusal
+    with pytest.raises(PlanRefused, match="cluster.gpu.memory_gb"):
+        require_fit(cfg)
+
+
+def test_1t_growth_target_needs_full_recompute() -> None:
+    refused = plan(composed("model=1t", "parallel=teleflm_1t"))
+    assert refused.fits is False
+    assert "train.recompute=full" in refused.refusal
+    fitted = plan(composed("model=1t", "parallel=teleflm_1t", "train.recompute=full"))
+    assert fitted.fits is True
+    assert fitted.parameters["total"] == pytest.approx(1.08e12, rel=0.01)
+    assert fitted.layout.world == 896
+
+
+def test_invalid_tp_is_refused() -> None:
+    result = plan(composed("parallel.tensor_model_parallel_size=3", "parallel.data_parallel_size=1"))
+    assert result.fits is False
+    assert "parallel.tensor_model_parallel_size=3 must divide model.num_attention_heads=64" in result.refusal
+
+
+def test_no_gpu_is_informational() -> None:
+    result = plan(composed("model=tiny", "parallel=tp2", "cluster=local", "train.global_batch_size=8"))
+    assert result.capacity_gib is None or result.gpu_name is not None
+    if result.gpu_name is None:   # CPU machine: nothing to refuse against
+        assert result.fits is None and result.refusal is None and result.step is None
+    assert "only stage" in format_plan(result)
+
+
+# ---------------------------------------------------------------- the CLI
+
+def run_cli(*overrides: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "pretrain.plan", *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prints_the_tele_flm_table(tmp_path: Path) -> None:
+    done = run_cli("model=52b", "parallel=teleflm_52b", "cluster=a800", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "FITS" in done.stdout and "MFU" in done.stdout
+    assert list(tmp_path.iterdir()) == []      # a planner leaves no Hydra output directories behind
+
+
+def test_cli_refuses_oversized_config() -> None:
+    done = run_cli("model=52b", "parallel=single", "parallel.data_parallel_size=8", "cluster=a800")
+    assert done.returncode == 2
+    assert "does not fit" in done.stderr
+    assert "parallel.tensor_model_parallel_size" in done.stderr
