@@ -31,6 +31,7 @@ class BlockShape:
     kv_width: int         # query_groups * head_dim (== q_width without GQA)
     ffn: int              # per-branch FFN width (SwiGLU: gate and up are each ffn wide)
     swiglu: bool = True
+    fused_swiglu: bool = True   # Megatron bias_swiglu (bias_activation_fusion): saves only its input
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
 
@@ -61,10 +62,12 @@ def layer_activation_terms(shape: BlockShape, flash_attention: bool) -> Activati
     dropped-out probabilities 2*a*s^2*b with attention dropout. Flash attention
     keeps only the fp32 log-sum-exp, 4*a*s*b.
     MLP: input of the first matmul (norm output) 2sbh; GeLU keeps its input
-    2sb*f and the second matmul's input 2sb*f; SwiGLU keeps the fused
-    gate+up output 2sb*(2f) (Megatron's fused bias_swiglu recomputes SiLU in
-    backward; the unfused eager path keeps another 2sb*f) and the second
-    matmul's input 2sb*f; a dropout mask sbh when hidden dropout is on.
+    2sb*f and the second matmul's input 2sb*f; SwiGLU keeps the gate+up
+    output 2sb*(2f) and the second matmul's input 2sb*f, and, unless fused
+    (Megatron's bias_swiglu recomputes SiLU in backward), also SiLU(gate)
+    2sb*f for the product's backward (measured with saved_tensors_hooks:
+    chunk + silu * up saves 6sbf bytes, the next matmul's input another 2sbf);
+    a dropout mask sbh when hidden dropout is on.
     Norms: each of the two pre-norms keeps its input, 2sbh each.
     With GeLU, f = 4h, dropout on and no flash this sums to 34sbh + 5as^2b.
     """
@@ -74,7 +77,7 @@ def layer_activation_terms(shape: BlockShape, flash_attention: bool) -> Activati
     replicated = 2 * (2 * sb * h) + 2 * sb * h + 2 * sb * h + masks  # 2 norm inputs, QKV input, FC1 input
 
     attention = 2 * sb * shape.q_width + 2 * (2 * sb * shape.kv_width) + 2 * sb * shape.q_width
-    ffn_factor = 6 if shape.swiglu else 4
+    ffn_factor = (6 if shape.fused_swiglu else 8) if shape.swiglu else 4
     mlp = ffn_factor * sb * shape.ffn
     sharded = attention + mlp
 

@@ -52,6 +52,8 @@ class Assumptions:
     fraction of the per-direction link bandwidth. fixed_workspace_gib: CUDA
     context, NCCL communicators and cuBLAS/attention workspaces. fragmentation:
     caching-allocator slack on the dynamic (activation) part of memory.
+    fused_swiglu: whether SwiGLU keeps only its input (Megatron's fused
+    bias_swiglu) or also SiLU(gate), 2 bytes x s x b x ffn more per layer.
     """
 
     matmul_efficiency: float = 0.55
@@ -61,6 +63,7 @@ class Assumptions:
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = True
     grad_reduce_in_bf16: bool = False
+    fused_swiglu: bool = False   # the trainer builds megatron with bias_activation_fusion=False
 
 
 @dataclass(frozen=True)
@@ -454,7 +457,7 @@ def plan(cfg: Any, *, capacity_gib: float | None = None, peak_tflops: float | No
     shape = BlockShape(
         seq_length=seq, micro_batch=micro_batch, hidden=hidden, heads=heads, q_width=heads * head_dim,
         kv_width=int(_select(model, "num_query_groups", heads)) * head_dim,
-        ffn=int(_select(model, "ffn_hidden_size")), swiglu=True,
+        ffn=int(_select(model, "ffn_hidden_size")), swiglu=True, fused_swiglu=assumptions.fused_swiglu,
         hidden_dropout=float(_select(model, "hidden_dropout", 0.0)),
         attention_dropout=float(_select(model, "attention_dropout", 0.0)),
     )
@@ -535,6 +538,14 @@ def _candidate_changes(cfg: Any) -> list[dict[str, Any]]:
     micro_batch = int(_select(cfg, "train.micro_batch_size", 1))
     per_node = int(_select(cfg, "cluster.gpus_per_node", 8) or 8)
     changes: list[dict[str, Any]] = []
+    nodes = int(_select(cfg, "cluster.nodes", 0) or 0)
+    if nodes and layout.world > nodes * per_node:
+        # Too many GPUs for the cluster: the largest DP that fits it and divides the batch.
+        global_batch = int(_select(cfg, "train.global_batch_size", micro_batch * layout.dp))
+        for dp in range(nodes * per_node // (layout.tp * layout.pp), 0, -1):
+            if global_batch % (micro_batch * dp) == 0:
+                changes.append({"parallel.data_parallel_size": dp})
+                break
     if recompute == "none" and not flash:
         changes.append({"train.recompute": "selective"})
     if _optimizer_kind(cfg) == "plain" and _select(cfg, "zero_stage") is None:
@@ -603,7 +614,7 @@ def suggest_changes(cfg: Any, **kwargs: Any) -> list[str]:
             candidate = plan(_with(cfg, **smallest), suggest=False, **kwargs)
             suggestions.append(f"{_overrides(smallest)}  (peak {candidate.peak_gib:.1f} GiB/GPU, "
                                f"{candidate.layout.world} GPUs; no single change of micro batch, recompute, "
-                               f"TP or PP on {_layout_from(cfg).world} GPUs fits)")
+                               f"TP or PP on the current {_layout_from(cfg).world} GPU(s) fits)")
     return suggestions
 
 
@@ -619,8 +630,7 @@ def _refusal_message(result: Plan, suggestions: list[str]) -> str:
                      f"on the {worst.name} but {result.gpu_name or 'the GPU'} has {result.capacity_gib:g} GiB "
                      f"(cluster.gpu.memory_gb).")
     if suggestions:
-        lines.append("change one of (train.micro_batch_size, train.recompute, parallel.tensor_model_parallel_size, "
-                     "parallel.pipeline_model_parallel_size):")
+        lines.append("change it with one of these Hydra overrides (each fits on its own):")
         lines += [f"  {s}" for s in suggestions]
     elif not result.problems:
         lines.append("no layout on this cluster fits: lower train.micro_batch_size, set train.recompute=full, raise "
@@ -631,6 +641,14 @@ def _refusal_message(result: Plan, suggestions: list[str]) -> str:
 # ----------------------------------------------------------------------------
 # Printing
 # ----------------------------------------------------------------------------
+
+def _count(n: float) -> str:
+    """1.08T, 52.82B, 7.5M: parameter counts at a readable scale."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}"
+    return f"{n:.0f}"
+
 
 def _gib(value: float) -> str:
     return f"{value / GIB:8.2f}"
@@ -644,8 +662,8 @@ def format_plan(result: Plan) -> str:
         f"# plan: model={result.model_name}  {lay.describe()}  cluster={result.cluster_name} "
         f"({result.gpu_name or 'no GPU'})",
         "",
-        f"parameters {counts['total'] / 1e9:.2f}B (vocab padded to {result.padded_vocab}; matmul N "
-        f"{counts['matmul'] / 1e9:.2f}B), model FLOPs/token {result.flops_per_token:.4g} "
+        f"parameters {_count(counts['total'])} (vocab padded to {result.padded_vocab}; matmul N "
+        f"{_count(counts['matmul'])}), model FLOPs/token {result.flops_per_token:.4g} "
         f"(6N + 6·L·s·d, causal, s={result.seq_length})",
         f"global batch {result.global_batch_size} x {result.seq_length} tokens, micro batch "
         f"{result.micro_batch_size}, recompute={result.recompute}, flash attention={result.flash_attention}, "
@@ -658,7 +676,7 @@ def format_plan(result: Plan) -> str:
         "|---|" + "---:|" * len(result.stages),
     ]
     rows = [
-        ("layers / parameters", lambda st: f"{st.layers} / {st.parameters / 1e9:.2f}B"),
+        ("layers / parameters", lambda st: f"{st.layers} / {_count(st.parameters)}"),
         ("weights (bf16)", lambda st: _gib(st.weights)),
         ("gradients (fp32 main_grad)", lambda st: _gib(st.gradients)),
         ("optimizer (fp32 master + Adam m, v" + (", /DP)" if result.optimizer == "distributed" or

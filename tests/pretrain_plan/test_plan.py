@@ -61,6 +61,30 @@ def test_tele_flm_block_is_16_plus_6f_over_h_with_flash() -> None:
     assert terms.scores == 4 * a * s * b                      # fp32 log-sum-exp only
     no_flash = layer_activation_terms(shape, flash_attention=False)
     assert no_flash.scores == 2 * a * s * s * b               # softmax output, no dropout
+    unfused = BlockShape(seq_length=s, micro_batch=b, hidden=h, heads=a, q_width=h, kv_width=h, ffn=f,
+                         fused_swiglu=False)
+    terms = layer_activation_terms(unfused, flash_attention=True)
+    assert terms.replicated + terms.sharded == s * b * h * (16 + 8 * f / h)
+
+
+def test_unfused_swiglu_count_matches_autograd() -> None:
+    """What eager chunk + silu * up really saves, counted by storage with saved_tensors_hooks."""
+    import torch
+    import torch.nn.functional as F
+
+    s, b, f = 64, 2, 96
+    fc1_out = torch.randn(s, b, 2 * f, dtype=torch.bfloat16, requires_grad=True)
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        gate, up = torch.chunk(fc1_out, 2, dim=-1)
+        F.silu(gate) * up
+    # 6sbf bytes here; the formula's 8sbf adds the product, saved as the next matmul's input.
+    assert sum(storages.values()) == 6 * s * b * f
 
 
 def test_gqa_shrinks_only_k_and_v() -> None:
