@@ -19,7 +19,10 @@ DEMO_WEIGHTS = {"en_docs": 0.45, "zh_docs": 0.2, "multilingual_docs": 0.25, "zh_
 
 
 def read_corpus(source: str, limit: int | None = None) -> list[dict]:
-    """Records of one embedded source; lines that do not parse are skipped (the corpus has a few)."""
+    """Records of one embedded source; lines that do not parse are skipped (the corpus has a few).
+
+    With a limit, records are taken evenly spaced, because the files are grouped by language.
+    """
     records = []
     with gzip.open(CORPUS / f"{source}.jsonl.gz", "rt", encoding="utf-8", errors="replace") as lines:
         for line in lines:
@@ -29,8 +32,8 @@ def read_corpus(source: str, limit: int | None = None) -> list[dict]:
                                 "lang": str(record["lang_hint"]), "source": source})
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
-            if limit is not None and len(records) >= limit:
-                break
+    if limit is not None and len(records) > limit:
+        records = [records[i * len(records) // limit] for i in range(limit)]
     return records
 
 
