@@ -22,8 +22,16 @@ from launch.slurm import render_sbatch, submit, wait_for, write_sbatch
 from launch.stages import LaunchConfigError
 
 
+def _cluster_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").startswith("cluster.")]
+
+
 def launch(cfg: DictConfig) -> int:
-    plan = make_plan(cfg)
+    plan = make_plan(cfg, _cluster_overrides())
     if cfg.dry_run:
         print("# launch config\n" + OmegaConf.to_yaml(cfg, resolve=True))
         if plan.stage_config is not None:

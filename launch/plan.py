@@ -81,9 +81,13 @@ def _launch_dir(cfg: DictConfig, stage_args: list[str], workdir: Path) -> Path:
     return (workdir / "runs" / "launch" / str(cfg.stage) / time.strftime("%Y%m%d-%H%M%S")).absolute()
 
 
-def make_plan(cfg: DictConfig) -> LaunchPlan:
+def make_plan(cfg: DictConfig, cluster_overrides: list[str] | None = None) -> LaunchPlan:
+    """``cluster_overrides``: the command line's cluster.* overrides, forwarded with the preset
+    to stages that read the cluster group themselves (the trainer's MFU, the planner)."""
     stage = stage_by_name(str(cfg.stage))
     stage_args = [str(a) for a in cfg.stage_args]
+    if stage.reads_cluster and not any(a.lstrip("+").startswith("cluster") for a in stage_args):
+        stage_args = [f"cluster={cfg.cluster.name}", *(cluster_overrides or []), *stage_args]
     launcher = OmegaConf.select(cfg, "cluster.launcher")
     if launcher not in LAUNCHERS:
         raise LaunchConfigError("cluster.launcher", f"must be one of {LAUNCHERS}, got {launcher!r}")
@@ -94,7 +98,7 @@ def make_plan(cfg: DictConfig) -> LaunchPlan:
     if launcher == "slurm":
         _check_slurm_section(cfg)
 
-    stage_cfg = compose_stage_config(cfg.stage, stage_args)
+    stage_cfg = compose_stage_config(stage, stage_args)
     if stage.distributed:
         world = world_size(parallel_config(stage_args, stage_cfg))
         if launcher == "local":

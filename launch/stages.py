@@ -23,13 +23,18 @@ class Stage:
     module: str          # run as `python -m <module> <stage_args...>`
     distributed: bool    # needs world-size processes with a rendezvous
     description: str
+    config_name: str | None = None   # its primary config in configs/ (composed to check overrides)
+    reads_cluster: bool = False      # its config has a cluster group: the launcher forwards cluster=<preset>
 
 
 STAGES: dict[str, Stage] = {
-    "data_pipeline": Stage("data_pipeline", False, "clean, filter and deduplicate raw text (Ray)"),
-    "tokenizer": Stage("tokenizer", False, "train the tokenizer and encode the corpus"),
-    "pretrain": Stage("pretrain", True, "megatron-core 3D-parallel pretraining"),
-    "pretrain.plan": Stage("pretrain.plan", False, "memory/throughput plan for a model, layout and cluster"),
+    "data_pipeline": Stage("data_pipeline", False, "clean, filter and deduplicate raw text (Ray)",
+                           config_name="data_pipeline"),
+    "tokenizer": Stage("tokenizer", False, "train the tokenizer and encode the corpus", config_name="tokenizer"),
+    "pretrain": Stage("pretrain", True, "megatron-core 3D-parallel pretraining",
+                      config_name="pretrain", reads_cluster=True),
+    "pretrain.plan": Stage("pretrain.plan", False, "memory/throughput plan for a model, layout and cluster",
+                           config_name="plan", reads_cluster=True),
     "launch.probe": Stage("launch.probe", True,
                           "cluster smoke test: rendezvous, all-reduce, checkpoint, preemption and requeue"),
 }
@@ -59,14 +64,14 @@ def _override_value(stage_args: Sequence[str], key: str) -> str | None:
     return value
 
 
-def compose_stage_config(stage_name: str, stage_args: Sequence[str]) -> DictConfig | None:
+def compose_stage_config(stage: Stage, stage_args: Sequence[str]) -> DictConfig | None:
     """The stage's own resolved config (configs/<stage>.yaml + overrides), when it has one.
 
     Composing it here means a misspelt stage override fails before submission,
     not an hour later in the queue. Stages without a primary config return None.
     """
-    config_name = stage_name.replace(".", "_")
-    if not (CONFIG_DIR / f"{config_name}.yaml").exists():
+    config_name = stage.config_name
+    if config_name is None or not (CONFIG_DIR / f"{config_name}.yaml").exists():
         return None
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -80,7 +85,7 @@ def compose_stage_config(stage_name: str, stage_args: Sequence[str]) -> DictConf
             try:
                 return compose(config_name=config_name, overrides=overrides)
             except Exception as err:  # hydra's errors name the bad override; keep them
-                raise LaunchConfigError("stage_args", f"{stage_name} rejects its overrides: {err}") from err
+                raise LaunchConfigError("stage_args", f"{stage.module} rejects its overrides: {err}") from err
     finally:
         if saved is not None:
             GlobalHydra.instance().clear()
