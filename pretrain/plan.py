@@ -603,6 +603,10 @@ def _overrides(change: Mapping[str, Any]) -> str:
 
 def suggest_changes(cfg: Any, **kwargs: Any) -> list[str]:
     """Hydra overrides that would make the config fit, each with its estimated peak."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):  # resolve once: the search below re-plans hundreds of variants
+        cfg = OmegaConf.to_container(cfg, resolve=True)
     suggestions = []
     for change in _candidate_changes(cfg):
         candidate = plan(_with(cfg, **change), suggest=False, **kwargs)
