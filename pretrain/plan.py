@@ -671,8 +671,8 @@ def format_plan(result: Plan) -> str:
         f"(6N + 6·L·s·d, causal, s={result.seq_length})",
         f"global batch {result.global_batch_size} x {result.seq_length} tokens, micro batch "
         f"{result.micro_batch_size}, recompute={result.recompute}, flash attention={result.flash_attention}, "
-        (f"optimizer=DeepSpeed ZeRO-{result.zero_stage}" if result.zero_stage is not None
-         else f"optimizer={result.optimizer}"),
+        + (f"optimizer=DeepSpeed ZeRO-{result.zero_stage}" if result.zero_stage is not None
+           else f"optimizer={result.optimizer}"),
         "",
         "activations per layer and micro-batch (MiB): " + ", ".join(
             f"{mode} {value / 2**20:.1f}" for mode, value in result.activation_per_layer.items()),

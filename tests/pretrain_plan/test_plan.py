@@ -206,3 +206,14 @@ def test_cli_refuses_oversized_config() -> None:
     assert done.returncode == 2
     assert "does not fit" in done.stderr
     assert "parallel.tensor_model_parallel_size" in done.stderr
+
+
+def test_zero_stages_shard_progressively() -> None:
+    base = ("parallel.tensor_model_parallel_size=1", "parallel.pipeline_model_parallel_size=1",
+            "parallel.data_parallel_size=448", "parallel.sequence_parallel=false", "train.recompute=full")
+    stages = {z: plan(composed(*base, f"zero_stage={z}")).stages[0] for z in (1, 2, 3)}
+    assert stages[1].gradients == pytest.approx(448 * stages[2].gradients)
+    assert stages[2].weights == pytest.approx(448 * stages[3].weights)
+    assert stages[1].optimizer == stages[2].optimizer == stages[3].optimizer
+    assert stages[3].zero3_gather > 0 and stages[2].zero3_gather == 0
+    assert "DeepSpeed ZeRO-3" in format_plan(plan(composed(*base, "zero_stage=3")))
