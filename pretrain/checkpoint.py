@@ -1,0 +1,306 @@
+"""Distributed checkpoints: save, resume (at any TP/PP/DP), keep-last-N, a crash-safe marker.
+
+Layout (``run_dir/checkpoints``)::
+
+    iter_0000100/          megatron dist_checkpointing (torch_dist) directory
+        run_config.yaml    the resolved config that wrote it (rebuilds the model)
+        common.pt, metadata.json, __*.distcp ...
+    latest                 text: "iter_0000100" -- written (temp + os.replace) only
+                           after every rank finished writing that checkpoint
+
+A checkpoint directory without the marker pointing at it is never loaded
+automatically, so a run killed mid-save resumes from the previous one.
+
+State: ``model`` (or ``model0``.. per virtual stage), ``optimizer`` (megatron's
+sharded optimizer state, fully reshardable across TP/PP/DP), ``rng_state``
+(one ShardedObject per rank; restored only when the layout is unchanged),
+and plain values ``iteration``, ``consumed_samples``, ``scheduler``,
+``layout``, ``tokens`` (rank 0 writes these to common.pt).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+RUN_CONFIG = "run_config.yaml"
+LATEST = "latest"
+OPTIMIZER_SHARDING = ("fully_reshardable", "dp_reshardable")
+
+
+def optimizer_metadata(cfg: DictConfig) -> dict[str, str]:
+    """``checkpoint.optimizer_sharding``: fully_reshardable (TP/PP/DP may change on resume;
+    gathers each model-parallel shard's optimizer state on its DP rank 0 while saving) or
+    dp_reshardable (fully parallel write, only DP may change)."""
+    kind = OmegaConf.select(cfg, "checkpoint.optimizer_sharding", default="fully_reshardable")
+    if kind not in OPTIMIZER_SHARDING:
+        raise ValueError(f"checkpoint.optimizer_sharding={kind!r}: use one of {OPTIMIZER_SHARDING}")
+    return {"distrib_optim_sharding_type": kind}
+
+
+def checkpoints_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"iter_{iteration:07d}"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    marker = checkpoints_root(run_dir) / LATEST
+    if not marker.is_file():
+        return None
+    path = checkpoints_root(run_dir) / marker.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def write_latest_marker(run_dir: str | Path, iteration: int) -> None:
+    """Atomically point ``latest`` at a fully written checkpoint."""
+    root = checkpoints_root(run_dir)
+    tmp = root / f".{LATEST}.tmp.{os.getpid()}"
+    tmp.write_text(checkpoint_name(iteration) + "\n")
+    os.replace(tmp, root / LATEST)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    root = checkpoints_root(run_dir)
+    return sorted(p for p in root.glob("iter_*") if p.is_dir()) if root.is_dir() else []
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` complete checkpoints (never the latest)."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return []
+    complete = [p for p in list_checkpoints(run_dir) if p.name <= latest.name]
+    doomed = complete[:-keep_last] if keep_last > 0 else []
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def saved_run_config(checkpoint_dir: str | Path) -> DictConfig:
+    return OmegaConf.load(Path(checkpoint_dir) / RUN_CONFIG)
+
+
+def resolve_load_dir(cfg: DictConfig) -> Path | None:
+    """``checkpoint.load``: auto (run_dir's latest, if any) | none | an explicit directory."""
+    load = cfg.checkpoint.load
+    if load in (None, "none", False):
+        return None
+    if load == "auto":
+        return latest_checkpoint(cfg.run_dir)
+    path = Path(load)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint.load='{load}' is not a directory")
+    return path
+
+
+# ----------------------------------------------------------------------------
+# What goes into a checkpoint
+# ----------------------------------------------------------------------------
+
+@dataclass
+class TrainProgress:
+    iteration: int = 0
+    consumed_samples: int = 0
+    tokens: int = 0
+
+
+def current_layout(cfg: DictConfig) -> dict[str, int]:
+    p = cfg.parallel
+    return {"tp": int(p.tensor_model_parallel_size), "pp": int(p.pipeline_model_parallel_size),
+            "dp": int(p.data_parallel_size), "vpp": int(p.virtual_pipeline_model_parallel_size or 0)}
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"random": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+
+
+def _restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _rng_sharded_object(state: Any) -> ShardedObject:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    return ShardedObject("rng_state", state, (world,), (rank,), replica_id=0)
+
+
+def _model_key(index: int, num_chunks: int) -> str:
+    return "model" if num_chunks == 1 else f"model{index}"
+
+
+def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(chunk, "module"):
+        chunk = chunk.module
+    return chunk
+
+
+def sharded_state(model_chunks: list, optimizer, scheduler, progress: TrainProgress, cfg: DictConfig,
+                  with_rng: bool, with_optimizer: bool, is_loading: bool) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for i, chunk in enumerate(model_chunks):
+        state[_model_key(i, len(model_chunks))] = _unwrap(chunk).sharded_state_dict()
+    if with_optimizer and optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=is_loading,
+                                                          metadata=optimizer_metadata(cfg))
+    if with_rng:
+        state["rng_state"] = _rng_sharded_object(_rng_state())
+    state["iteration"] = progress.iteration
+    state["consumed_samples"] = progress.consumed_samples
+    state["tokens"] = progress.tokens
+    state["scheduler"] = scheduler.state_dict() if scheduler is not None else None
+    state["layout"] = current_layout(cfg)
+    return state
+
+
+# ----------------------------------------------------------------------------
+# Save
+# ----------------------------------------------------------------------------
+
+class CheckpointWriter:
+    """Writes checkpoints, synchronously or through megatron's async queue.
+
+    Async: the state is snapshotted to host memory and written by a forked
+    process while training continues; :meth:`poll` (called every step, on
+    every rank) finalises finished saves: run_config.yaml, the ``latest``
+    marker, pruning.
+    """
+
+    def __init__(self, cfg: DictConfig, resolved_config: DictConfig, async_save: bool) -> None:
+        self.cfg = cfg
+        self.resolved_config = resolved_config
+        self.async_save = async_save
+        self.saved: list[int] = []
+        self._queue = None
+        if async_save:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self._queue = AsyncCallsQueue(persistent=False)
+
+    def _finalize(self, iteration: int, directory: Path) -> Callable[[], None]:
+        def finalize() -> None:
+            dist.barrier()
+            if dist.get_rank() == 0:
+                OmegaConf.save(self.resolved_config, directory / RUN_CONFIG, resolve=True)
+                write_latest_marker(self.cfg.run_dir, iteration)
+                prune_checkpoints(self.cfg.run_dir, int(self.cfg.checkpoint.keep_last))
+            dist.barrier()
+            self.saved.append(iteration)
+        return finalize
+
+    def save(self, model_chunks: list, optimizer, scheduler, progress: TrainProgress) -> Path:
+        directory = checkpoints_root(self.cfg.run_dir) / checkpoint_name(progress.iteration)
+        if dist.get_rank() == 0:
+            if directory.exists():  # leftovers of a save that never completed
+                shutil.rmtree(directory)
+            directory.mkdir(parents=True)
+        dist.barrier()
+        self.wait()  # one save in flight at a time
+        state = sharded_state(model_chunks, optimizer, scheduler, progress, self.cfg,
+                              with_rng=True, with_optimizer=True, is_loading=False)
+        finalize = self._finalize(progress.iteration, directory)
+        if self._queue is None:
+            dist_checkpointing.save(state, str(directory))
+            finalize()
+        else:
+            request = dist_checkpointing.save(state, str(directory), async_sharded_save=True)
+            request.add_finalize_fn(finalize)
+            self._queue.schedule_async_request(request)
+        return directory
+
+    def poll(self) -> None:
+        if self._queue is not None:
+            self._queue.maybe_finalize_async_calls(blocking=False)
+
+    def wait(self) -> None:
+        if self._queue is not None:
+            self._queue.maybe_finalize_async_calls(blocking=True)
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self.wait()
+            self._queue.close()
+
+
+# ----------------------------------------------------------------------------
+# Load
+# ----------------------------------------------------------------------------
+
+def load_checkpoint(directory: Path, model_chunks: list, optimizer, scheduler,
+                    cfg: DictConfig) -> TrainProgress:
+    """Restore model, optimizer, scheduler and (same layout only) RNG; return the progress."""
+    common = dist_checkpointing.load_common_state_dict(str(directory))
+    same_layout = common.get("layout") == current_layout(cfg)
+    template = sharded_state(model_chunks, optimizer, scheduler, TrainProgress(), cfg,
+                             with_rng=same_layout, with_optimizer=optimizer is not None,
+                             is_loading=True)
+    with torch.no_grad():  # fp32 distributed-optimizer state is loaded into leaf tensors
+        state = dist_checkpointing.load(template, str(directory))
+    for i, chunk in enumerate(model_chunks):
+        _unwrap(chunk).load_state_dict(state[_model_key(i, len(model_chunks))])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler"):
+        scheduler.load_state_dict(state["scheduler"])
+    if same_layout and state.get("rng_state") is not None:
+        _restore_rng_state(state["rng_state"])
+    return TrainProgress(iteration=int(state["iteration"]),
+                         consumed_samples=int(state["consumed_samples"]),
+                         tokens=int(state.get("tokens", 0)))
+
+
+def load_model_for_inference(checkpoint_dir: str | Path, dtype: torch.dtype = torch.float32):
+    """A single-process TP1/PP1 ``GPTModel`` with the weights of any checkpoint.
+
+    For exporters and evaluation: starts a 1-process gloo group if none exists,
+    rebuilds the model from the checkpoint's ``run_config.yaml`` and loads only
+    the model weights (whatever TP/PP wrote them). Returns ``(model, cfg)``.
+    """
+    from pretrain.cpu_shims import activate_cpu_shims
+    from pretrain.model import build_model
+
+    activate_cpu_shims()
+    checkpoint_dir = Path(checkpoint_dir)
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if "MASTER_PORT" not in os.environ:
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel()
+        tensor_parallel.model_parallel_cuda_manual_seed(0)
+    cfg = saved_run_config(checkpoint_dir)
+    cfg.parallel.update(tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
+                        virtual_pipeline_model_parallel_size=None, data_parallel_size=1,
+                        sequence_parallel=False)
+    cfg.train.bf16 = dtype == torch.bfloat16
+    cfg.train.recompute = "none"
+    model = build_model(cfg, pre_process=True, post_process=True)
+    state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(checkpoint_dir))
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg

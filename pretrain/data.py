@@ -1,0 +1,135 @@
+"""Training and held-out samples from the tokenizer stage's indexed datasets.
+
+The tokenizer stage writes ``<data.path>/manifest.json`` next to megatron
+``.bin/.idx`` pairs.  Samples come from megatron-core's
+``BlendedMegatronDatasetBuilder`` + ``GPTDataset`` with blend weights from the
+manifest (``data.weights`` may override them); their order is a pure function
+of ``train.seed``.  Which samples a step reads is a pure function of
+``consumed_samples``, so a resumed run reads exactly what an uninterrupted one
+would have read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(data_path: str | Path) -> dict[str, Any]:
+    path = Path(data_path) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"data.path: no {MANIFEST} in '{data_path}' "
+                                "(point data.path at the tokenizer output's 'indexed' directory)")
+    return json.loads(path.read_text())
+
+
+class ManifestTokenizer:
+    """The little megatron's GPTDataset needs (eod, pad, vocab size), from the manifest.
+
+    Used when ``tokenizer.megatron_adapter`` (the SentencePiece adapter) is not
+    importable or the SentencePiece model is missing: training never decodes text.
+    """
+
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        self.vocab_size = int(manifest["vocab_size"])
+        self.eod = int(manifest["eod_id"])
+        self.eos = self.eod
+        self.pad = int(manifest.get("pad_id", -1))
+        self.bos = int(manifest.get("bos_id", -1))
+        self.unique_identifiers = {"class": type(self).__name__, "vocab_size": self.vocab_size,
+                                   "eod": self.eod, "pad": self.pad}
+
+
+def load_tokenizer(manifest: dict[str, Any]):
+    model_path = manifest.get("tokenizer_model")
+    if model_path and Path(model_path).is_file():
+        try:
+            from tokenizer.megatron_adapter import SentencePieceMegatronTokenizer
+        except ImportError:
+            return ManifestTokenizer(manifest)
+        return SentencePieceMegatronTokenizer(model_path)
+    return ManifestTokenizer(manifest)
+
+
+def train_blend(manifest: dict[str, Any], weight_overrides: dict | None) -> tuple[list[str], list[float]]:
+    """(prefixes, weights) for the training mixture; ``data.weights`` wins over the manifest."""
+    overrides = dict(weight_overrides or {})
+    unknown = set(overrides) - set(manifest["train"])
+    if unknown:
+        raise ValueError(f"data.weights names sources not in the manifest: {sorted(unknown)}; "
+                         f"known: {sorted(manifest['train'])}")
+    prefixes, weights = [], []
+    for source, entry in sorted(manifest["train"].items()):
+        weight = float(overrides.get(source, entry.get("weight", entry.get("tokens", 1))))
+        if weight > 0:
+            prefixes.append(entry["prefix"])
+            weights.append(weight)
+    return prefixes, weights
+
+
+def heldout_blend(manifest: dict[str, Any]) -> tuple[list[str], list[float]] | None:
+    """Held-out sources weighted by their token counts (a fixed evaluation mixture)."""
+    by_source = (manifest.get("heldout") or {}).get("by_source") or {}
+    entries = [(e["prefix"], float(e.get("tokens", 1))) for _, e in sorted(by_source.items())
+               if float(e.get("tokens", 1)) > 0]
+    if not entries:
+        return None
+    return [p for p, _ in entries], [w for _, w in entries]
+
+
+@dataclass
+class Datasets:
+    train: Any
+    valid: Any | None
+    tokenizer: Any
+
+
+def build_datasets(cfg: DictConfig, manifest: dict[str, Any], cache_dir: Path) -> Datasets:
+    """Build train (and held-out) GPTDatasets; call on every rank (megatron coordinates caching)."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    tokenizer = load_tokenizer(manifest)
+    train = cfg.train
+    weights = OmegaConf.to_container(cfg.data.weights) if cfg.data.get("weights") else None
+    valid = heldout_blend(manifest) if train.eval_interval and train.eval_iters else None
+    num_evals = train.train_iters // train.eval_interval + 1 if valid else 0
+    sizes = [train.train_iters * train.global_batch_size,
+             num_evals and train.eval_iters * train.global_batch_size, 0]
+    dataset_config = GPTDatasetConfig(
+        random_seed=int(train.seed),
+        sequence_length=int(cfg.model.seq_length),
+        blend_per_split=[train_blend(manifest, weights), valid, None],
+        path_to_cache=str(cache_dir),
+        tokenizer=tokenizer,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=False,  # causal attention; SDPA builds the mask itself
+    )
+    train_ds, valid_ds, _ = BlendedMegatronDatasetBuilder(
+        GPTDataset, sizes, lambda: True, dataset_config).build()
+    return Datasets(train=train_ds, valid=valid_ds, tokenizer=tokenizer)
+
+
+def microbatches(dataset, consumed_samples: int, micro_batch_size: int, num_microbatches: int,
+                 dp_rank: int, dp_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The microbatches one data-parallel rank trains on in one optimizer step.
+
+    Global step samples are ``consumed .. consumed + global_batch``; microbatch
+    k of DP rank r is ``consumed + (k·dp + r)·mbs + [0, mbs)`` (megatron's
+    pretraining sampler order), so the set of samples in a step does not
+    depend on the DP size.
+    """
+    for k in range(num_microbatches):
+        start = consumed_samples + (k * dp_size + dp_rank) * micro_batch_size
+        samples = [dataset[i] for i in range(start, start + micro_batch_size)]
+        yield {key: torch.stack([torch.as_tensor(s[key]) for s in samples])
+               for key in ("tokens", "labels", "loss_mask", "position_ids")}

@@ -1,0 +1,165 @@
+"""What a run reports: metrics.jsonl, W&B, a progress bar, summary.json and loss.png.
+
+Only global rank 0 constructs a :class:`RunMonitor`; every number it receives
+has already been reduced across ranks by the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+LOSS_PLOT = "loss.png"
+
+
+def memory_gb() -> float:
+    """Peak accelerator memory on GPU; peak resident memory of this process on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 1024**3
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
+    """On resume, forget steps after the checkpoint (they will be trained again)."""
+    path = Path(run_dir) / METRICS
+    rows = [row for row in read_metrics(run_dir) if row.get("step", 0) <= last_step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(tmp, path)
+
+
+def wandb_mode(cfg: DictConfig) -> str:
+    """WANDB_MODE wins; 'online' without credentials falls back to offline."""
+    mode = os.environ.get("WANDB_MODE") or cfg.logging.wandb.mode
+    if mode == "online" and not (os.environ.get("WANDB_API_KEY") or Path.home().joinpath(".netrc").is_file()):
+        print("W&B: online requested but no WANDB_API_KEY/.netrc; logging offline", file=sys.stderr)
+        mode = "offline"
+    return mode
+
+
+class RunMonitor:
+    def __init__(self, cfg: DictConfig, resolved: DictConfig, start_step: int, total_steps: int) -> None:
+        self.run_dir = Path(cfg.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(resolved, self.run_dir / "config.yaml", resolve=True)
+        if start_step > 0:
+            truncate_metrics(self.run_dir, start_step)
+        self._file = open(self.run_dir / METRICS, "a", buffering=1)
+        self.log_interval = int(cfg.train.log_interval)
+        self.start_step = start_step
+        self.wall_start = time.time()
+        self._wandb = None
+        mode = wandb_mode(cfg)
+        if mode != "disabled":
+            os.environ.setdefault("WANDB_SILENT", "true")
+            import wandb
+
+            id_file = self.run_dir / "wandb_id"
+            run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
+            id_file.write_text(run_id)
+            self._wandb = wandb.init(dir=str(self.run_dir), mode=mode, project=cfg.logging.wandb.project,
+                                     name=cfg.logging.wandb.name, id=run_id, resume="allow",
+                                     config=OmegaConf.to_container(resolved, resolve=True))
+        self._bar = None
+        if cfg.logging.progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                             desc="pretrain", file=sys.stderr, mininterval=1.0)
+        self.event("resume" if start_step > 0 else "start", start_step)
+
+    def event(self, name: str, step: int, **fields: Any) -> None:
+        """Non-step rows (start, resume, checkpoint, eval) share the file; ``event`` tells them apart."""
+        self._file.write(json.dumps({"event": name, "step": step, "time": time.time(), **fields}) + "\n")
+
+    def log_step(self, row: dict[str, Any]) -> None:
+        self._file.write(json.dumps(row) + "\n")
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if v is not None and k != "step"}, step=row["step"])
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", refresh=False)
+            self._bar.update(1)
+        if self.log_interval and row["step"] % self.log_interval == 0:
+            line = (f"step {row['step']:>6} | loss {row['loss']:.4f} | grad_norm {row['grad_norm']:.3f} | "
+                    f"lr {row['lr']:.3e} | {row['tokens_per_s']:.0f} tok/s | "
+                    f"{row['tflops_per_gpu']:.3f} TFLOP/s/gpu | mem {row['mem_gb']:.2f} GB")
+            self._print(line)
+
+    def log_eval(self, step: int, loss: float) -> None:
+        self.event("eval", step, eval_loss=loss)
+        if self._wandb is not None:
+            self._wandb.log({"eval_loss": loss}, step=step)
+        self._print(f"step {step:>6} | held-out loss {loss:.4f}")
+
+    def _print(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stderr)
+        else:
+            print(line, flush=True)
+
+    def finish(self, checkpoints: list[str]) -> dict[str, Any]:
+        if self._bar is not None:
+            self._bar.close()
+        self._file.close()
+        rows = read_metrics(self.run_dir)
+        steps = [r for r in rows if "loss" in r and r.get("event") is None]
+        evals = [r for r in rows if r.get("event") == "eval"]
+        resumes = [r["step"] for r in rows if r.get("event") == "resume"]
+        summary = {
+            "run_dir": str(self.run_dir.resolve()),
+            "steps": steps[-1]["step"] if steps else 0,
+            "first_loss": steps[0]["loss"] if steps else None,
+            "last_loss": steps[-1]["loss"] if steps else None,
+            "last_eval_loss": evals[-1]["eval_loss"] if evals else None,
+            "tokens": steps[-1]["tokens"] if steps else 0,
+            "consumed_samples": steps[-1]["consumed_samples"] if steps else 0,
+            "wall_time_s": round(time.time() - self.wall_start, 2),
+            "this_run_steps": len([r for r in steps if r["step"] > self.start_step]),
+            "resumed_at": resumes,
+            "checkpoints": checkpoints,
+        }
+        (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+        plot_loss(steps, evals, resumes, self.run_dir / LOSS_PLOT)
+        if self._wandb is not None:
+            self._wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+            self._wandb.finish()
+        return summary
+
+
+def plot_loss(steps: list[dict], evals: list[dict], resumes: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label="train loss")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="held-out loss")
+    for i, step in enumerate(resumes):
+        ax.axvline(step, color="grey", ls="--", lw=1, label="resumed" if i == 0 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,399 @@
+"""The training loop: megatron-core schedules, DDP, distributed optimizer, checkpoints.
+
+One call of :func:`run` per process (torchrun starts TP×PP×DP of them).
+Order matters and is kept explicit: resolve + validate the config (no process
+group yet), start the process groups, build model chunks → DDP → optimizer →
+scheduler, restore a checkpoint, then loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.checkpoint import (
+    CheckpointWriter,
+    TrainProgress,
+    load_checkpoint,
+    resolve_load_dir,
+    saved_run_config,
+)
+from pretrain.cpu_shims import activate_cpu_shims
+from pretrain.data import build_datasets, microbatches, read_manifest
+from pretrain.model import resolved_vocab_size
+from pretrain.validate import validate
+
+
+# ----------------------------------------------------------------------------
+# Config resolution (before any process group)
+# ----------------------------------------------------------------------------
+
+def resolve_config(cfg: DictConfig, manifest: dict[str, Any], load_dir: Path | None) -> DictConfig:
+    """Fill in what the data and an existing checkpoint decide.
+
+    * ``model.vocab_size`` comes from the tokenizer manifest.
+    * ``model.padded_vocab_size`` is the checkpoint's when resuming (so a run
+      can reshard to a TP that divides it), else vocab padded for this TP.
+    """
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    cfg.model.vocab_size = int(manifest["vocab_size"])
+    tp = int(cfg.parallel.tensor_model_parallel_size)
+    if OmegaConf.select(cfg, "model.padded_vocab_size") is None:
+        padded = None
+        if load_dir is not None and (load_dir / "run_config.yaml").is_file():
+            padded = OmegaConf.select(saved_run_config(load_dir), "model.padded_vocab_size")
+        cfg.model.padded_vocab_size = int(padded) if padded else resolved_vocab_size(cfg.model, tp)
+    return cfg
+
+
+def world_size_from_env() -> int | None:
+    return int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ else None
+
+
+# ----------------------------------------------------------------------------
+# Setup
+# ----------------------------------------------------------------------------
+
+def device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(cfg: DictConfig) -> None:
+    from megatron.core import parallel_state, tensor_parallel
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:  # a plain single-process run: be our own rendezvous
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=timedelta(minutes=30))
+    p = cfg.parallel
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=int(p.tensor_model_parallel_size),
+        pipeline_model_parallel_size=int(p.pipeline_model_parallel_size),
+        virtual_pipeline_model_parallel_size=p.virtual_pipeline_model_parallel_size or None,
+    )
+    seed = int(cfg.train.seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def build_model_chunks(cfg: DictConfig) -> list[torch.nn.Module]:
+    """This rank's model chunks (one per virtual pipeline stage), DDP-wrapped."""
+    from megatron.core import parallel_state
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.transformer.module import Float16Module
+
+    from pretrain.model import build_model
+
+    vpp = cfg.parallel.virtual_pipeline_model_parallel_size or None
+    chunks = []
+    for vp in range(vpp or 1):
+        vp_stage = vp if vpp else None
+        chunk = build_model(
+            cfg,
+            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+            vp_stage=vp_stage)
+        if torch.cuda.is_available():
+            chunk.cuda(torch.cuda.current_device())
+        chunks.append(chunk)
+    config = chunks[0].config
+    if cfg.train.bf16:
+        chunks = [Float16Module(config, chunk) for chunk in chunks]
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=bool(cfg.train.overlap_grad_reduce),
+        overlap_param_gather=bool(cfg.train.overlap_param_gather) and bool(cfg.parallel.use_distributed_optimizer),
+        use_distributed_optimizer=bool(cfg.parallel.use_distributed_optimizer),
+        check_for_nan_in_grad=True,
+    )
+    wrapped = [DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk,
+                                       disable_bucketing=i > 0)
+               for i, chunk in enumerate(chunks)]
+    for chunk in wrapped:
+        chunk.broadcast_params()
+    return wrapped
+
+
+def wire_schedule_hooks(model: list, optimizer, cfg: DictConfig) -> None:
+    """Tell the pipeline schedule how to scale the loss and when to sync grads/params."""
+    from megatron.core.distributed import finalize_model_grads
+
+    config = model[0].config
+    config.grad_scale_func = optimizer.scale_loss
+    config.finalize_model_grads_func = finalize_model_grads
+    if cfg.train.overlap_grad_reduce:
+        no_sync = [chunk.no_sync for chunk in model]
+        config.no_sync_func = no_sync[0] if len(model) == 1 else no_sync
+    if cfg.train.overlap_param_gather and cfg.parallel.use_distributed_optimizer:
+        param_sync = [chunk.start_param_sync for chunk in model]
+        config.param_sync_func = param_sync[0] if len(model) == 1 else param_sync
+
+
+class ParamsSynced:
+    """With overlapped param gathers the weights are only complete after the next
+    forward's pre-hook; force the gather before checkpointing or evaluating."""
+
+    def __init__(self, model: list, enabled: bool) -> None:
+        self.model, self.enabled = model, enabled
+
+    def __enter__(self):
+        if self.enabled:
+            for chunk in self.model:
+                chunk.disable_forward_pre_hook(param_sync=True)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            for chunk in self.model:
+                chunk.enable_forward_pre_hook()
+
+
+# ----------------------------------------------------------------------------
+# One step
+# ----------------------------------------------------------------------------
+
+def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """(sum of token losses, token count, report) — megatron averages per token."""
+    losses = output_tensor.float()
+    loss_mask = loss_mask.float()
+    loss_sum = torch.sum(losses.view(-1) * loss_mask.view(-1))
+    num_tokens = loss_mask.sum().to(torch.int)
+    report = torch.stack([loss_sum.detach().clone(), loss_mask.sum().detach()])
+    return loss_sum, num_tokens, {"lm loss": report}
+
+
+def forward_step(data_iterator: Iterator, model: torch.nn.Module):
+    batch = {k: v.to(device(), non_blocking=True) for k, v in next(data_iterator).items()}
+    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    return output, partial(loss_func, batch["loss_mask"])
+
+
+def reduce_losses(losses: list[dict]) -> float:
+    """Mean token loss of the global batch, known on every rank afterwards."""
+    from megatron.core import parallel_state
+
+    total = torch.zeros(2, dtype=torch.float64, device=device())
+    if parallel_state.is_pipeline_last_stage(ignore_virtual=True) and \
+            parallel_state.get_tensor_model_parallel_rank() == 0:
+        for item in losses:
+            total += item["lm loss"].to(total)
+    dist.all_reduce(total)
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, model: list, optimizer, scheduler, datasets) -> None:
+        from megatron.core import parallel_state
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
+        self.datasets = datasets
+        self.forward_backward = get_forward_backward_func()
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.dp_size = parallel_state.get_data_parallel_world_size()
+        t = cfg.train
+        self.micro_batch_size = int(t.micro_batch_size)
+        self.global_batch_size = int(t.global_batch_size)
+        self.num_microbatches = self.global_batch_size // (self.micro_batch_size * self.dp_size)
+        self.seq_length = int(cfg.model.seq_length)
+
+    def _iterators(self, dataset, consumed: int) -> list[Iterator]:
+        # Each virtual stage's chunk consumes the same microbatch sequence.
+        return [microbatches(dataset, consumed, self.micro_batch_size, self.num_microbatches,
+                             self.dp_rank, self.dp_size) for _ in self.model]
+
+    def train_step(self, consumed_samples: int) -> tuple[float, float, bool]:
+        for chunk in self.model:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        losses = self.forward_backward(
+            forward_step_func=forward_step, data_iterator=self._iterators(self.datasets.train, consumed_samples),
+            model=self.model, num_microbatches=self.num_microbatches, seq_length=self.seq_length,
+            micro_batch_size=self.micro_batch_size, forward_only=False)
+        updated, grad_norm, _ = self.optimizer.step()
+        if updated:
+            self.scheduler.step(increment=1)
+        return reduce_losses(losses), float(grad_norm) if grad_norm is not None else float("nan"), updated
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        for chunk in self.model:
+            chunk.eval()
+        losses: list[dict] = []
+        for i in range(int(self.cfg.train.eval_iters)):
+            losses += self.forward_backward(
+                forward_step_func=forward_step,
+                data_iterator=self._iterators(self.datasets.valid, i * self.global_batch_size),
+                model=self.model, num_microbatches=self.num_microbatches, seq_length=self.seq_length,
+                micro_batch_size=self.micro_batch_size, forward_only=True)
+        for chunk in self.model:
+            chunk.train()
+        return reduce_losses(losses)
+
+
+# ----------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------
+
+def flops_per_token(cfg: DictConfig) -> float | None:
+    try:
+        from pretrain.flops import model_flops_per_token
+    except ImportError:
+        return None
+    return model_flops_per_token(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.model.seq_length),
+                                 padded_vocab=int(cfg.model.padded_vocab_size))
+
+
+def peak_tflops() -> float | None:
+    try:
+        from pretrain.flops import detect_peak_bf16_tflops
+    except ImportError:
+        return None
+    return detect_peak_bf16_tflops()
+
+
+def preemption_flag():
+    try:
+        from launch.preemption import install_preemption_handler
+    except ImportError:
+        return None
+    return install_preemption_handler()
+
+
+def run(cfg: DictConfig) -> dict[str, Any] | None:
+    """Train per ``cfg``; returns the summary on global rank 0 (None elsewhere)."""
+    activate_cpu_shims()
+    # megatron logs every dataset index build at INFO; keep the console for the run itself.
+    logging.getLogger("megatron").setLevel(logging.WARNING)
+    manifest = read_manifest(cfg.data.path)
+    load_dir = resolve_load_dir(cfg)
+    cfg = resolve_config(cfg, manifest, load_dir)
+    validate(cfg, world_size_from_env(), manifest)
+    init_distributed(cfg)
+
+    from megatron.core.num_microbatches_calculator import init_num_microbatches_calculator, \
+        unset_num_microbatches_calculator
+
+    from pretrain.metrics import RunMonitor, memory_gb
+    from pretrain.optim import build_optimizer, build_scheduler
+
+    rank = dist.get_rank()
+    run_dir = Path(cfg.run_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    unset_num_microbatches_calculator()
+    init_num_microbatches_calculator(rank, None, int(cfg.train.global_batch_size),
+                                     int(cfg.train.micro_batch_size), int(cfg.parallel.data_parallel_size))
+
+    model = build_model_chunks(cfg)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+    wire_schedule_hooks(model, optimizer, cfg)
+    params_synced = ParamsSynced(model, bool(cfg.train.overlap_param_gather and cfg.parallel.use_distributed_optimizer))
+
+    progress = TrainProgress()
+    if load_dir is not None:
+        progress = load_checkpoint(load_dir, model, optimizer, scheduler, cfg)
+        if rank == 0:
+            print(f"resumed from {load_dir} at step {progress.iteration} "
+                  f"({progress.consumed_samples} samples consumed)", flush=True)
+    datasets = build_datasets(cfg, manifest, run_dir / "data_cache")
+    trainer = Trainer(cfg, model, optimizer, scheduler, datasets)
+    writer = CheckpointWriter(cfg, cfg, async_save=bool(cfg.checkpoint.async_save))
+    preemption = preemption_flag()
+
+    t = cfg.train
+    train_iters = int(t.train_iters)
+    tokens_per_step = int(t.global_batch_size) * int(cfg.model.seq_length)
+    fpt, peak = flops_per_token(cfg), peak_tflops()
+    world = dist.get_world_size()
+    monitor = RunMonitor(cfg, cfg, progress.iteration, train_iters) if rank == 0 else None
+    save_interval = int(cfg.checkpoint.save_interval or 0)
+    eval_interval = int(t.eval_interval or 0) if datasets.valid is not None else 0
+    wall_start = time.time()
+    last_saved = progress.iteration if load_dir is not None else -1
+
+    while progress.iteration < train_iters:
+        step_start = time.perf_counter()
+        loss, grad_norm, updated = trainer.train_step(progress.consumed_samples)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        step_time = time.perf_counter() - step_start
+        progress.iteration += 1
+        progress.consumed_samples += int(t.global_batch_size)
+        progress.tokens += tokens_per_step
+        tokens_per_s = tokens_per_step / step_time
+        tflops = fpt * tokens_per_s / world / 1e12 if fpt else None
+        if monitor is not None:
+            from pretrain.flops import mfu as mfu_of
+
+            monitor.log_step({
+                "step": progress.iteration, "loss": loss, "grad_norm": grad_norm,
+                "lr": optimizer.param_groups[0]["lr"], "tokens_per_s": tokens_per_s,
+                "consumed_samples": progress.consumed_samples, "tokens": progress.tokens,
+                "tflops_per_gpu": tflops, "mfu": mfu_of(tokens_per_s / world, fpt, peak) if peak and fpt else None,
+                "mem_gb": memory_gb(), "step_time_s": step_time, "skipped": not updated,
+                "elapsed_s": time.time() - wall_start,
+            })
+        writer.poll()
+        if eval_interval and progress.iteration % eval_interval == 0:
+            with params_synced:
+                eval_loss = trainer.evaluate()
+            if monitor is not None:
+                monitor.log_eval(progress.iteration, eval_loss)
+        preempted = preemption is not None and preemption.should_save_and_exit_all_ranks()
+        if (save_interval and progress.iteration % save_interval == 0) or preempted \
+                or progress.iteration == train_iters:
+            with params_synced:
+                path = writer.save(model, optimizer, scheduler, progress)
+            last_saved = progress.iteration
+            if monitor is not None:
+                monitor.event("checkpoint", progress.iteration, path=str(path))
+        if preempted:
+            writer.close()
+            preemption.exit_for_requeue()
+    if last_saved != progress.iteration:
+        with params_synced:
+            writer.save(model, optimizer, scheduler, progress)
+    writer.close()
+    summary = None
+    if monitor is not None:
+        from pretrain.checkpoint import list_checkpoints
+
+        summary = monitor.finish([p.name for p in list_checkpoints(run_dir)])
+    dist.barrier()
+    return summary
+
+
+def shutdown() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

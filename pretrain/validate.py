@@ -1,0 +1,187 @@
+"""Reject a bad run configuration before any process group (or GPU hour) is spent.
+
+Every rule returns a message naming the config key and the fix; all broken
+rules are reported together, so a 896-GPU job fails once, not once per typo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+LR_DECAY_STYLES = ("cosine", "wsd", "constant")
+RECOMPUTE = ("none", "selective", "full")
+BACKENDS = ("megatron", "deepspeed")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+class ConfigError(ValueError):
+    """One or more configuration rules failed; ``errors`` lists them."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("invalid pretraining config:\n  - " + "\n  - ".join(errors))
+
+
+def _sel(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    value = OmegaConf.select(cfg, key, default=default)
+    return default if value is None else value
+
+
+def parallel_errors(cfg: DictConfig, world_size: int | None) -> list[str]:
+    errors = []
+    m, p = cfg.model, cfg.parallel
+    tp, pp, dp = (int(p.tensor_model_parallel_size), int(p.pipeline_model_parallel_size),
+                  int(p.data_parallel_size))
+    vpp = _sel(p, "virtual_pipeline_model_parallel_size")
+    for key, value in (("tensor_model_parallel_size", tp), ("pipeline_model_parallel_size", pp),
+                       ("data_parallel_size", dp)):
+        if value < 1:
+            errors.append(f"parallel.{key}={value} must be >= 1")
+    if errors:
+        return errors
+    heads, groups = int(m.num_attention_heads), int(_sel(m, "num_query_groups", m.num_attention_heads))
+    if heads % tp:
+        errors.append(f"model.num_attention_heads={heads} is not divisible by "
+                      f"parallel.tensor_model_parallel_size={tp}: pick a TP that divides the head count")
+    if groups % tp:
+        errors.append(f"model.num_query_groups={groups} is not divisible by "
+                      f"parallel.tensor_model_parallel_size={tp}: pick a TP that divides the KV group count")
+    if int(m.ffn_hidden_size) % tp:
+        errors.append(f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by "
+                      f"parallel.tensor_model_parallel_size={tp}")
+    stages = pp * (int(vpp) if vpp else 1)
+    if vpp and pp < 2:
+        errors.append(f"parallel.virtual_pipeline_model_parallel_size={vpp} needs "
+                      f"parallel.pipeline_model_parallel_size >= 2 (got {pp}): set it to null")
+    if int(m.num_layers) % stages:
+        errors.append(f"model.num_layers={m.num_layers} is not divisible by pipeline stages "
+                      f"(parallel.pipeline_model_parallel_size={pp} x "
+                      f"parallel.virtual_pipeline_model_parallel_size={vpp or 1} = {stages}): "
+                      "change PP/VPP or the layer count")
+    if _sel(p, "sequence_parallel", False) and tp == 1:
+        errors.append("parallel.sequence_parallel=true needs parallel.tensor_model_parallel_size > 1: "
+                      "set parallel.sequence_parallel=false")
+    if _sel(p, "sequence_parallel", False) and int(m.seq_length) % tp:
+        errors.append(f"model.seq_length={m.seq_length} must be divisible by "
+                      f"parallel.tensor_model_parallel_size={tp} with sequence parallelism")
+    if world_size is not None and world_size != tp * pp * dp:
+        errors.append(f"world size {world_size} (WORLD_SIZE) != TP x PP x DP = {tp}x{pp}x{dp} = "
+                      f"{tp * pp * dp}: set parallel.data_parallel_size={max(1, world_size // (tp * pp))} "
+                      "or launch TPxPPxDP processes")
+    return errors
+
+
+def batch_errors(cfg: DictConfig) -> list[str]:
+    errors = []
+    t, p = cfg.train, cfg.parallel
+    mbs, gbs, dp = int(t.micro_batch_size), int(t.global_batch_size), int(p.data_parallel_size)
+    if mbs < 1 or gbs < 1:
+        return [f"train.micro_batch_size={mbs} and train.global_batch_size={gbs} must be >= 1"]
+    if gbs % (mbs * max(dp, 1)):
+        errors.append(f"train.global_batch_size={gbs} is not divisible by train.micro_batch_size={mbs} x "
+                      f"parallel.data_parallel_size={dp} = {mbs * dp}: use a multiple of {mbs * dp}")
+    else:
+        num_micro = gbs // (mbs * max(dp, 1))
+        pp, vpp = int(p.pipeline_model_parallel_size), _sel(p, "virtual_pipeline_model_parallel_size")
+        if vpp and num_micro % pp:
+            errors.append(f"interleaved pipeline: microbatches per step ({num_micro} = global / (micro x DP)) "
+                          f"must be a multiple of parallel.pipeline_model_parallel_size={pp}: "
+                          "raise train.global_batch_size")
+    if int(t.train_iters) < 1:
+        errors.append(f"train.train_iters={t.train_iters} must be >= 1")
+    if int(t.lr_warmup_iters) > int(t.train_iters):
+        errors.append(f"train.lr_warmup_iters={t.lr_warmup_iters} exceeds train.train_iters={t.train_iters}")
+    if float(t.min_lr) > float(t.lr):
+        errors.append(f"train.min_lr={t.min_lr} exceeds train.lr={t.lr}")
+    if t.lr_decay_style not in LR_DECAY_STYLES:
+        errors.append(f"train.lr_decay_style={t.lr_decay_style!r}: use one of {LR_DECAY_STYLES}")
+    if t.lr_decay_style == "wsd" and not 0.0 < float(t.wsd_decay_fraction) <= 1.0:
+        errors.append(f"train.wsd_decay_fraction={t.wsd_decay_fraction} must be in (0, 1]")
+    if t.recompute not in RECOMPUTE:
+        errors.append(f"train.recompute={t.recompute!r}: use one of {RECOMPUTE}")
+    if t.eval_interval and int(t.eval_iters) < 1:
+        errors.append("train.eval_iters must be >= 1 when train.eval_interval is set (or set eval_interval=0)")
+    return errors
+
+
+def vocab_errors(cfg: DictConfig, manifest: dict | None) -> list[str]:
+    errors = []
+    m = cfg.model
+    tp = int(cfg.parallel.tensor_model_parallel_size)
+    vocab = int(manifest["vocab_size"]) if manifest else int(m.vocab_size)
+    divisor = int(_sel(m, "make_vocab_size_divisible_by", 128))
+    if divisor < 1:
+        errors.append(f"model.make_vocab_size_divisible_by={divisor} must be >= 1")
+    padded = _sel(m, "padded_vocab_size")
+    if padded is not None:
+        if int(padded) < vocab:
+            errors.append(f"model.padded_vocab_size={padded} is smaller than the vocabulary ({vocab}): "
+                          "raise it or set it to null")
+        if int(padded) % tp:
+            errors.append(f"model.padded_vocab_size={padded} is not divisible by "
+                          f"parallel.tensor_model_parallel_size={tp}: set it to null to re-pad")
+    if manifest and int(m.vocab_size) != vocab:
+        errors.append(f"model.vocab_size={m.vocab_size} disagrees with the tokenizer manifest ({vocab}): "
+                      "leave model.vocab_size to the manifest")
+    return errors
+
+
+def data_errors(cfg: DictConfig, manifest: dict | None) -> list[str]:
+    data_path = _sel(cfg, "data.path")
+    if not data_path:
+        return ["data.path is not set: point it at the tokenizer output's 'indexed' directory"]
+    if not Path(data_path).is_dir():
+        return [f"data.path='{data_path}' does not exist"]
+    if manifest is None:
+        return [f"data.path='{data_path}' has no manifest.json: is it the tokenizer's 'indexed' directory?"]
+    errors = []
+    entries = dict(manifest.get("train") or {})
+    if not entries:
+        errors.append(f"data.path: the manifest in '{data_path}' lists no training sources")
+    for split, group in (("heldout", (manifest.get("heldout") or {}).get("by_source") or {}),):
+        entries.update({f"{split}/{k}": v for k, v in group.items()})
+    for source, entry in sorted(entries.items()):
+        for suffix in (".bin", ".idx"):
+            if not Path(entry["prefix"] + suffix).is_file():
+                errors.append(f"data.path: source '{source}' is missing {entry['prefix']}{suffix}")
+    weights = _sel(cfg, "data.weights")
+    if weights:
+        unknown = set(weights) - set(manifest.get("train") or {})
+        if unknown:
+            errors.append(f"data.weights names unknown sources {sorted(unknown)}; "
+                          f"the manifest has {sorted(manifest.get('train') or {})}")
+    return errors
+
+
+def misc_errors(cfg: DictConfig) -> list[str]:
+    errors = []
+    if _sel(cfg, "backend", "megatron") not in BACKENDS:
+        errors.append(f"backend={cfg.backend!r}: use one of {BACKENDS}")
+    mode = _sel(cfg, "logging.wandb.mode", "offline")
+    if mode not in WANDB_MODES:
+        errors.append(f"logging.wandb.mode={mode!r}: use one of {WANDB_MODES}")
+    if int(_sel(cfg, "model.seq_length", 0)) < 1:
+        errors.append("model.seq_length must be >= 1")
+    if int(_sel(cfg, "checkpoint.keep_last", 1)) < 1:
+        errors.append("checkpoint.keep_last must be >= 1 (the latest checkpoint is always kept)")
+    return errors
+
+
+def config_errors(cfg: DictConfig, world_size: int | None, manifest: dict | None,
+                  check_data: bool = True) -> list[str]:
+    errors = parallel_errors(cfg, world_size) + batch_errors(cfg) + vocab_errors(cfg, manifest)
+    errors += misc_errors(cfg)
+    if check_data:
+        errors += data_errors(cfg, manifest)
+    return errors
+
+
+def validate(cfg: DictConfig, world_size: int | None, manifest: dict | None,
+             check_data: bool = True) -> None:
+    """Raise :class:`ConfigError` listing every broken rule; return quietly otherwise."""
+    errors = config_errors(cfg, world_size, manifest, check_data)
+    if errors:
+        raise ConfigError(errors)
