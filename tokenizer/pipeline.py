@@ -1,4 +1,8 @@
-"""Run the configured steps in order and print a summary."""
+"""Run the configured steps in order and print a summary.
+
+Step modules are imported only when their step runs: megatron-core, Ray and transformers
+take many seconds to import, and a bad config should fail before paying for them.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,7 @@ import time
 from pathlib import Path
 
 from tokenizer.config import validate_config
-from tokenizer.encode import encode_corpus
-from tokenizer.evaluate import evaluate_tokenizer
-from tokenizer.hf_export import save_hf_tokenizer
 from tokenizer.special_tokens import SpecialTokens
-from tokenizer.train import train_tokenizer
 
 
 def run_pipeline(cfg) -> dict:
@@ -22,12 +22,19 @@ def run_pipeline(cfg) -> dict:
     for step in steps:
         started = time.time()
         if step == "train":
+            from tokenizer.hf_export import save_hf_tokenizer
+            from tokenizer.train import train_tokenizer
+
             model = train_tokenizer(cfg)
             save_hf_tokenizer(model, out_dir / "hf")
             result = json.loads((out_dir / "train" / "sample_stats.json").read_text())
         elif step == "evaluate":
+            from tokenizer.evaluate import evaluate_tokenizer
+
             result = evaluate_tokenizer(cfg)
         else:
+            from tokenizer.encode import encode_corpus
+
             result = encode_corpus(cfg)
         summary["steps"][step] = {"seconds": round(time.time() - started, 2)}
         summary[step] = result
