@@ -1,0 +1,204 @@
+"""Global deduplication: bucket documents by exact hash and LSH band hash, resolve clusters.
+
+The only step that needs every document at once, so it is built to move as
+little as possible:
+
+1. Ray Data reads just ``(id, exact_hash, bands)`` of kept documents and
+   explodes them into one ``(key, id)`` row per bucket key.
+2. ``groupby(key)`` shuffles rows so each bucket lands in one place; each
+   bucket with more than one member emits a star of candidate pairs
+   ``(smallest id, other id)`` - enough edges to connect the bucket, and
+   linear rather than quadratic in its size.
+3. The driver runs union-find over those pairs only (memory grows with the
+   number of duplicates, not with the corpus) and keeps the smallest id of each
+   connected component, so the survivor is the same whatever the order of
+   files, blocks or workers.
+
+Exact-duplicate clusters are resolved first; near-duplicate clusters are then
+formed over what is left, so each removed document gets one honest reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+
+EXACT = "exact_duplicate"
+NEAR = "near_duplicate"
+
+
+class UnionFind:
+    """Union-find over string ids whose root is always the smallest id of its set."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        parent = self.parent
+        root = parent.setdefault(x, x)
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if rb < ra:
+                ra, rb = rb, ra
+            self.parent[rb] = ra
+
+    def members(self) -> Iterable[str]:
+        return self.parent.keys()
+
+
+def removals_from_pairs(exact_pairs: Iterable[tuple[str, str]],
+                        near_pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """{removed id: reason}: every member of a cluster except its smallest id goes."""
+    removed: dict[str, str] = {}
+    exact = UnionFind()
+    for a, b in exact_pairs:
+        exact.union(a, b)
+    for x in list(exact.members()):
+        if exact.find(x) != x:
+            removed[x] = EXACT
+    near = UnionFind()
+    for a, b in near_pairs:  # an exact duplicate stands for its survivor in near-dup clusters
+        near.union(exact.find(a) if a in exact.parent else a, exact.find(b) if b in exact.parent else b)
+    for x in list(near.members()):
+        if near.find(x) != x and x not in removed:
+            removed[x] = NEAR
+    return removed
+
+
+def bucket_rows(table: pa.Table, exact: bool, fuzzy: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kept rows -> parallel arrays (key, kind, id) with one entry per bucket a document is in.
+
+    kind 0 is an exact-hash bucket, kind 1 an LSH band bucket; the pair (key, kind) is the
+    bucket, so an exact hash and a band hash that happen to be equal never meet.
+    """
+    kept = table.filter(pa.compute.equal(table.column("status"), "kept"))
+    ids = np.asarray(kept.column("id").to_pylist(), dtype=object)
+    keys, kinds, out_ids = [], [], []
+    if exact and len(kept):
+        keys.append(kept.column("exact_hash").to_numpy(zero_copy_only=False).astype(np.uint64))
+        kinds.append(np.zeros(len(kept), dtype=np.int8))
+        out_ids.append(ids)
+    if fuzzy and len(kept):
+        bands = kept.column("bands")
+        lengths = pa.compute.list_value_length(bands).to_numpy(zero_copy_only=False).astype(np.int64)
+        flat = pa.compute.list_flatten(bands).to_numpy(zero_copy_only=False).astype(np.uint64)
+        keys.append(flat)
+        kinds.append(np.ones(len(flat), dtype=np.int8))
+        out_ids.append(np.repeat(ids, lengths))
+    if not keys:
+        return np.empty(0, np.uint64), np.empty(0, np.int8), np.empty(0, object)
+    return np.concatenate(keys), np.concatenate(kinds), np.concatenate(out_ids)
+
+
+def map_partition(path: str, num_partitions: int, exact: bool, fuzzy: bool) -> list[tuple]:
+    """Shuffle map side: one file's bucket rows split into ``num_partitions`` by key."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["id", "status", "exact_hash", "bands"])
+    keys, kinds, ids = bucket_rows(table, exact, fuzzy)
+    part = (keys % np.uint64(num_partitions)).astype(np.int64)
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(num_partitions + 1))
+    out = []
+    for p in range(num_partitions):
+        sel = order[bounds[p]:bounds[p + 1]]
+        out.append((keys[sel], kinds[sel], ids[sel]))
+    return out
+
+
+def reduce_partition(*parts: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffle reduce side: every bucket with 2+ documents -> star pairs (smallest id, other)."""
+    keys = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.uint64)
+    kinds = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int8)
+    ids = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, object)
+    if len(keys) < 2:
+        return np.empty(0, object), np.empty(0, object), np.empty(0, np.int8)
+    order = np.lexsort((ids.astype(str), keys, kinds))  # by bucket, then id: first of a run is the smallest
+    keys, kinds, ids = keys[order], kinds[order], ids[order]
+    new_bucket = np.ones(len(keys), dtype=bool)
+    new_bucket[1:] = (keys[1:] != keys[:-1]) | (kinds[1:] != kinds[:-1])
+    bucket_start = np.maximum.accumulate(np.where(new_bucket, np.arange(len(keys)), 0))
+    first_ids = ids[bucket_start]
+    is_pair = ~new_bucket & (ids != first_ids)  # the same id twice in a bucket (repeated band) is no pair
+    return first_ids[is_pair], ids[is_pair], kinds[is_pair]
+
+
+def candidate_pairs(part_files: list[str], cfg: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(exact pairs, near candidate pairs) via a hash shuffle on Ray tasks."""
+    import ray
+
+    num_partitions = max(1, int(cfg.dedup.shuffle_partitions))
+    map_task = ray.remote(map_partition).options(num_returns=num_partitions, num_cpus=1)
+    reduce_task = ray.remote(reduce_partition).options(num_cpus=1)
+    mapped = [map_task.remote(p, num_partitions, bool(cfg.dedup.exact), bool(cfg.dedup.fuzzy)) for p in part_files]
+    if num_partitions == 1:
+        mapped = [[m] for m in mapped]
+    reduced = [reduce_task.remote(*[m[p] for m in mapped]) for p in range(num_partitions)]
+    exact_pairs: set[tuple[str, str]] = set()
+    near_pairs: set[tuple[str, str]] = set()  # a set: a close pair shares many bands, it is one pair
+    for a, b, kind in ray.get(reduced):
+        for x, y, k in zip(a.tolist(), b.tolist(), kind.tolist()):
+            (exact_pairs if k == 0 else near_pairs).add((x, y))
+    return sorted(exact_pairs), sorted(near_pairs)
+
+
+def fetch_signatures(path: str, wanted: set[str]) -> dict[str, np.ndarray]:
+    """The stored MinHash signatures of the wanted ids in one stage-1 file."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["id", "signature"])
+    ids = table.column("id").to_pylist()
+    rows = [i for i, doc_id in enumerate(ids) if doc_id in wanted]
+    if not rows:
+        return {}
+    sigs = table.column("signature").take(pa.array(rows))
+    return {ids[i]: np.asarray(s.as_py(), dtype=np.uint32) for i, s in zip(rows, sigs)}
+
+
+def verify_pairs(pairs: list[tuple[str, str]], part_files: list[str], threshold: float) -> list[tuple[str, str]]:
+    """Keep candidate pairs whose estimated Jaccard reaches the threshold.
+
+    LSH with few rows per band finds low-similarity pairs too (that is what
+    buys recall at 10% edits); checking the full signature of just the
+    candidate documents removes them. Only signatures of documents in some
+    pair travel to the driver.
+    """
+    import ray
+
+    if not pairs:
+        return []
+    wanted = {x for pair in pairs for x in pair}
+    wanted_ref = ray.put(wanted)
+    task = ray.remote(fetch_signatures).options(num_cpus=1)
+    sigs: dict[str, np.ndarray] = {}
+    for part in ray.get([task.remote(p, wanted_ref) for p in part_files]):
+        sigs.update(part)
+    return [(a, b) for a, b in pairs if float(np.mean(sigs[a] == sigs[b])) >= threshold]
+
+
+def find_duplicates(part_files: list[str], cfg: Any) -> tuple[dict[str, str], dict[str, int]]:
+    """({removed id: reason}, stats) over the kept rows stored in ``part_files``."""
+    if not part_files or not (cfg.dedup.exact or cfg.dedup.fuzzy):
+        return {}, {"exact_pairs": 0, "near_candidate_pairs": 0, "near_verified_pairs": 0}
+    exact_pairs, near_candidates = candidate_pairs(part_files, cfg)
+    near_pairs = verify_pairs(near_candidates, part_files, float(cfg.dedup.threshold))
+    removed = removals_from_pairs(exact_pairs, near_pairs)
+    return removed, {"exact_pairs": len(exact_pairs), "near_candidate_pairs": len(near_candidates),
+                     "near_verified_pairs": len(near_pairs)}
+
+
+def stage1_part_files(work: Path, keys: list[str]) -> list[str]:
+    files: list[str] = []
+    for key in keys:
+        files.extend(sorted(str(p) for p in (work / "stage1" / key).glob("*.parquet")))
+    return files

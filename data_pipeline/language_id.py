@@ -1,0 +1,45 @@
+"""Language identification with py3langid.
+
+py3langid is langid.py (Lui & Baldwin 2012) with numpy inference: 97 languages,
+a 3 MB model shipped inside the wheel (no download, which matters on clusters
+without internet), and about 0.3 ms per document on one core. fastText's
+lid.176 is more accurate on short text but needs a 126 MB model fetched at
+run time. We classify over all languages, not just the allowed ones, so that
+Russian is called Russian and dropped, rather than forced into the closest
+allowed label.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_IDENTIFIER = None
+
+
+def identifier():
+    """Load the model once per worker process (0.8 s), not once per batch."""
+    global _IDENTIFIER
+    if _IDENTIFIER is None:
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+        _IDENTIFIER = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    return _IDENTIFIER
+
+
+def identify(text: str, max_chars: int, aliases: Any = None) -> tuple[str, float]:
+    """(ISO 639-1 code, probability) of the first ``max_chars`` characters; ``aliases`` folds varieties."""
+    lang, score = identifier().classify(text[:max_chars])
+    lang = str(lang)
+    if aliases and lang in aliases:
+        lang = str(aliases[lang])
+    return lang, float(score)
+
+
+def language_verdict(lang: str, score: float, cfg: Any) -> str | None:
+    """Reason to drop, or None to keep."""
+    if lang not in cfg.allowed:
+        return "language_not_allowed"
+    min_score = cfg.min_score.get(lang, cfg.min_score.get("default", 0.0))
+    if score < min_score:
+        return "language_low_confidence"
+    return None

@@ -1,0 +1,125 @@
+"""Final pass: drop duplicates, carve the held-out split, write shards, tally every row.
+
+One Ray task per stage-1 part file. Each writes ``shards/part-NNNNN.parquet``
+and ``heldout/part-NNNNN.parquet`` under a name fixed by the part's position
+in the sorted list of stage-1 files, so a rerun overwrites instead of adding,
+and returns the counts (with a few examples) the report is built from. The
+tallies travel back to the driver; the texts never do.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data_pipeline.clean import EXAMPLE_CHARS, PII_KINDS
+from data_pipeline.split import heldout_mask
+
+INTERNAL_COLUMNS = ("file_key", "status", "stage", "reason", "file", "line", "error", "exact_hash", "bands", "signature")
+MAX_EXAMPLES = 3
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _new_tally() -> dict:
+    return {"input": 0, "kept": 0, "heldout": 0, "quarantined": 0,
+            "dropped": defaultdict(lambda: {"count": 0, "examples": []}),
+            "kept_by": defaultdict(lambda: {"documents": 0, "bytes": 0, "langs": defaultdict(int)}),
+            "heldout_by": defaultdict(lambda: {"documents": 0, "bytes": 0, "langs": defaultdict(int)}),
+            "pii": defaultdict(int), "quarantine": []}
+
+
+def _add_drop(tally: dict, stage: str, reason: str, doc_id: str, text: str) -> None:
+    entry = tally["dropped"][f"{stage}/{reason}"]
+    entry["count"] += 1
+    if len(entry["examples"]) < MAX_EXAMPLES:
+        entry["examples"].append({"id": doc_id, "text": (text or "")[:EXAMPLE_CHARS]})
+
+
+def _add_kept(by: dict, rows: pa.Table) -> None:
+    for source, lang, nbytes in zip(rows.column("source").to_pylist(), rows.column("lang").to_pylist(),
+                                    rows.column("n_bytes").to_pylist()):
+        entry = by[source]
+        entry["documents"] += 1
+        entry["bytes"] += int(nbytes)
+        entry["langs"][lang] += 1
+
+
+def write_part(index: int, path: str, out_dir: str, removed: dict[str, str], heldout_cfg: dict) -> dict:
+    """Ray task body for one stage-1 part file; returns a plain-dict tally."""
+    table = pq.read_table(path)
+    tally = _new_tally()
+    tally["input"] = len(table)
+    status = table.column("status")
+    for row in table.filter(pc.not_equal(status, "kept")).select(["id", "status", "stage", "reason", "text", "file",
+                                                                  "line", "error"]).to_pylist():
+        if row["status"] == "quarantined":
+            tally["quarantined"] += 1
+            tally["quarantine"].append({"file": row["file"], "line": row["line"], "error": row["error"],
+                                        "raw": row["text"]})
+        else:
+            _add_drop(tally, row["stage"], row["reason"], row["id"], row["text"])
+    kept = table.filter(pc.equal(status, "kept"))
+    ids = kept.column("id").to_pylist()
+    is_dup = [doc_id in removed for doc_id in ids]
+    if any(is_dup):
+        texts = kept.column("text").to_pylist()
+        for doc_id, text, dup in zip(ids, texts, is_dup):
+            if dup:
+                _add_drop(tally, "dedup", removed[doc_id], doc_id, text)
+        kept = kept.filter(pa.array([not d for d in is_dup]))
+    kept = kept.drop_columns([c for c in INTERNAL_COLUMNS if c in kept.column_names])
+    held = heldout_mask(kept.column("id").to_pylist(), float(heldout_cfg["fraction"]), int(heldout_cfg["seed"]))
+    train, heldout = kept.filter(pa.array(~held)), kept.filter(pa.array(held))
+    name = f"part-{index:05d}.parquet"
+    for split, rows in (("shards", train), ("heldout", heldout)):
+        if len(rows):
+            _write_atomic(rows, Path(out_dir) / split / name)
+    tally["kept"], tally["heldout"] = len(train), len(heldout)
+    _add_kept(tally["kept_by"], train)
+    _add_kept(tally["heldout_by"], heldout)
+    for kind in PII_KINDS:
+        tally["pii"][kind] += int(pc.sum(kept.column(f"pii_{kind}")).as_py() or 0)
+    return _plain(tally)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def merge_tallies(tallies: list[dict]) -> dict:
+    """Sum per-part tallies; examples keep the first few in part order (deterministic)."""
+    total = _new_tally()
+    for t in tallies:
+        for key in ("input", "kept", "heldout", "quarantined"):
+            total[key] += t[key]
+        for reason, entry in t["dropped"].items():
+            into = total["dropped"][reason]
+            into["count"] += entry["count"]
+            into["examples"].extend(entry["examples"][:MAX_EXAMPLES - len(into["examples"])])
+        for by in ("kept_by", "heldout_by"):
+            for source, entry in t[by].items():
+                into = total[by][source]
+                into["documents"] += entry["documents"]
+                into["bytes"] += entry["bytes"]
+                for lang, n in entry["langs"].items():
+                    into["langs"][lang] += n
+        for kind, n in t["pii"].items():
+            total["pii"][kind] += n
+        total["quarantine"].extend(t["quarantine"])
+    return _plain(total)
