@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import hydra
@@ -15,6 +16,8 @@ from tokenizer.pipeline import run_pipeline
 
 @hydra.main(config_path="../configs", config_name="tokenizer", version_base=None)
 def main(cfg: DictConfig) -> None:
+    # Hydra logs at INFO; megatron-core's per-file index messages would bury the summary.
+    logging.getLogger("megatron").setLevel(logging.WARNING)
     run_pipeline(cfg)
 
 

@@ -110,3 +110,21 @@ def test_bad_input_names_the_file(helpers, tmp_path):
     (tmp_path / "mixture.json").write_text('{"web": 1}')
     with pytest.raises(ValueError, match="mixture.json"):
         validate_config(helpers.make_config(tmp_path, tmp_path / "out"))
+
+
+def test_52b_config_composes_to_the_tele_flm_tokenizer(repo_root, data_dir, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from tokenizer.train import trainer_options
+
+    with initialize_config_dir(version_base=None, config_dir=str(repo_root / "configs")):
+        cfg = compose("tokenizer", overrides=[f"input={data_dir}", f"output={tmp_path}", "tokenizer=52b"])
+    assert validate_config(cfg) == ["train", "evaluate", "encode"]
+    options = trainer_options(cfg)
+    assert options["vocab_size"] == 80000 and options["input_sentence_size"] == 12_000_000
+    assert options["byte_fallback"] and options["split_digits"] and options["normalization_rule_name"] == "identity"
+    assert cfg.tokenizer.encode.keep_partials is False
+    from tokenizer.indexed_writer import token_dtype
+    import numpy
+
+    assert token_dtype(options["vocab_size"]) is numpy.int32
