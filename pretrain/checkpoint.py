@@ -247,9 +247,68 @@ class CheckpointWriter:
 # Load
 # ----------------------------------------------------------------------------
 
+def materialize_optimizer_state(optimizer) -> None:
+    """Give a fresh optimizer its state tensors, so a checkpoint can be loaded into them.
+
+    megatron builds the loading template from the optimizer's own state, which
+    torch's Adam creates lazily on the first step.  A step with zero gradients
+    creates it; everything it touches is overwritten by the load that follows.
+    """
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        torch_optimizer = getattr(inner, "optimizer", None)
+        if torch_optimizer is None or len(torch_optimizer.state) > 0:
+            continue
+        for group in torch_optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = torch.zeros_like(param)
+        torch_optimizer.step()
+        torch_optimizer.zero_grad()
+
+
+def tolerate_torch_adam_step(optimizer) -> None:
+    """Work around megatron-core 0.16's fully_reshardable load with torch's Adam.
+
+    Without apex/TE megatron falls back to ``torch.optim.AdamW``, whose state
+    has a per-param ``step``; the loader sets ``step`` from the param groups but
+    then copies every *destination* state key from the checkpoint tensors,
+    which never hold ``step`` (KeyError). The wrapper (on the instance, only
+    when the method exists) hands the loader the already-restored ``step``.
+    """
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        setter = getattr(inner, "_set_main_param_and_optimizer_states", None)
+        index_map = getattr(inner, "model_param_group_index_map", None)
+        if setter is None or index_map is None or getattr(setter, "_tolerant", False):
+            continue
+
+        def tolerant(model_param, tensors, _inner=inner, _setter=setter, _index_map=index_map):
+            if "step" not in tensors:
+                group_index, group_order = _index_map[model_param]
+                main_param = _inner.optimizer.param_groups[group_index]["params"][group_order]
+                step = _inner.optimizer.state.get(main_param, {}).get("step")
+                if step is not None:
+                    tensors = {**tensors, "step": step}
+            return _setter(model_param, tensors)
+
+        tolerant._tolerant = True
+        inner._set_main_param_and_optimizer_states = tolerant
+
+
+def untie_adam_steps(optimizer) -> None:
+    """megatron-core 0.16 restores torch Adam's ``step`` as ONE tensor shared by every
+    parameter; torch increments it in place per parameter, so after a resume the
+    bias correction would advance N times per step. Give each parameter its own copy."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        torch_optimizer = getattr(inner, "optimizer", None)
+        for state in getattr(torch_optimizer, "state", {}).values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
+
+
 def load_checkpoint(directory: Path, model_chunks: list, optimizer, scheduler,
                     cfg: DictConfig) -> TrainProgress:
     """Restore model, optimizer, scheduler and (same layout only) RNG; return the progress."""
+    if optimizer is not None:
+        materialize_optimizer_state(optimizer)
     common = dist_checkpointing.load_common_state_dict(str(directory))
     same_layout = common.get("layout") == current_layout(cfg)
     template = sharded_state(model_chunks, optimizer, scheduler, TrainProgress(), cfg,
@@ -260,7 +319,9 @@ def load_checkpoint(directory: Path, model_chunks: list, optimizer, scheduler,
     for i, chunk in enumerate(model_chunks):
         _unwrap(chunk).load_state_dict(state[_model_key(i, len(model_chunks))])
     if optimizer is not None:
+        tolerate_torch_adam_step(optimizer)
         optimizer.load_state_dict(state["optimizer"])
+        untie_adam_steps(optimizer)
     if scheduler is not None and state.get("scheduler"):
         scheduler.load_state_dict(state["scheduler"])
     if same_layout and state.get("rng_state") is not None:

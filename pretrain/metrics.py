@@ -48,6 +48,8 @@ def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
 
 def wandb_mode(cfg: DictConfig) -> str:
     """WANDB_MODE wins; 'online' without credentials falls back to offline."""
+    if os.environ.get("WANDB_MODE") == "":  # set but empty: wandb itself would reject it
+        del os.environ["WANDB_MODE"]
     mode = os.environ.get("WANDB_MODE") or cfg.logging.wandb.mode
     if mode == "online" and not (os.environ.get("WANDB_API_KEY") or Path.home().joinpath(".netrc").is_file()):
         print("W&B: online requested but no WANDB_API_KEY/.netrc; logging offline", file=sys.stderr)

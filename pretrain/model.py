@@ -122,6 +122,11 @@ def transformer_config_from(cfg: DictConfig) -> TransformerConfig:
         pipeline_model_parallel_size=int(p.pipeline_model_parallel_size),
         virtual_pipeline_model_parallel_size=int(vpp) if vpp else None,
         sequence_parallel=bool(_get(p, "sequence_parallel", False)) and tp > 1,
+        # Interleaved 1F1B sends activations and gradients to the same peer in one
+        # exchange; batched p2p can pair them wrongly (seen on gloo with PP2), so use
+        # megatron's separate, overlapped p2p ops there (Megatron-LM's default too).
+        overlap_p2p_comm=bool(vpp),
+        batch_p2p_comm=not bool(vpp),
         normalization="RMSNorm",
         layernorm_epsilon=float(_get(m, "norm_epsilon", 1e-5)),
         gated_linear_unit=True,

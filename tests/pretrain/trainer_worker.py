@@ -1,0 +1,101 @@
+"""Several real training runs inside ONE torchrun launch (process start-up dominates on CPU).
+
+    torchrun --nproc_per_node=N tests/pretrain/trainer_worker.py GROUP DATA_DIR WORK_DIR
+
+Each scenario calls ``pretrain.train.run`` exactly as ``python -m pretrain``
+would (config composed by Hydra from configs/), then tears down megatron's
+model-parallel state so the next scenario can pick another layout on the same
+process group. Rank 0 writes WORK_DIR/results.json: per scenario, the loss of
+every step and the held-out losses.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A model small enough for a 2-core CI box, with every Tele-FLM feature on.
+SMALL_MODEL = [
+    "model.seq_length=64", "model.hidden_size=64", "model.num_attention_heads=4",
+    "model.num_query_groups=4", "model.kv_channels=16", "model.ffn_hidden_size=128",
+    "model.make_vocab_size_divisible_by=64", "model.input_mult=1.5", "model.output_mult=0.5",
+]
+SHORT_RUN = [
+    "train.micro_batch_size=2", "train.global_batch_size=8", "train.train_iters=20",
+    "train.lr_warmup_iters=3", "train.lr_decay_iters=20", "train.lr=3e-3", "train.min_lr=3e-4",
+    "train.eval_interval=10", "train.eval_iters=1", "train.log_interval=0",
+    "checkpoint.save_interval=10", "checkpoint.async_save=false",
+    "logging.wandb.mode=disabled", "logging.progress=false",
+]
+
+GROUPS: dict[str, list[tuple[str, list[list[str]]]]] = {
+    # name -> one or more successive runs (a resume is a second run in the same run_dir)
+    "two": [
+        ("tp2_sp", [["parallel=tp2"]]),
+        ("pp2", [["parallel=pp2"]]),
+        ("dp2_distopt", [["parallel=dp2"]]),
+        ("pp2_vpp2", [["parallel=pp2", "parallel.virtual_pipeline_model_parallel_size=2"]]),
+        ("tp2_resumed", [["parallel=tp2", "train.train_iters=10", "checkpoint.async_save=true"],
+                         ["parallel=tp2", "checkpoint.async_save=true", "logging.wandb.mode=offline"]]),
+    ],
+    "four": [
+        ("tp2pp2", [["parallel=tp2pp2"]]),
+        ("tp1dp4_from_tp2pp2", [["parallel=single", "parallel.data_parallel_size=4",
+                                 "checkpoint.load=${oc.env:RESHARD_FROM}"]]),
+    ],
+}
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        return hydra_compose("pretrain", overrides=overrides)
+
+
+def read_run(run_dir: Path) -> dict:
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    return {"losses": {r["step"]: r["loss"] for r in rows if r.get("event") is None},
+            "grad_norms": {r["step"]: r["grad_norm"] for r in rows if r.get("event") is None},
+            "eval": {r["step"]: r["eval_loss"] for r in rows if r.get("event") == "eval"},
+            "events": [r["event"] for r in rows if r.get("event")]}
+
+
+def main() -> None:
+    import os
+
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from pretrain.train import run, shutdown
+
+    group, data_dir, work_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    results = {}
+    for name, runs in GROUPS[group]:
+        run_dir = work_dir / name
+        started = time.time()
+        if name == "tp1dp4_from_tp2pp2":
+            os.environ["RESHARD_FROM"] = str(work_dir / "tp2pp2" / "checkpoints" / "iter_0000010")
+        for overrides in runs:
+            cfg = compose([f"data.path={data_dir}", f"run_dir={run_dir}", *SMALL_MODEL, *SHORT_RUN, *overrides])
+            run(cfg)
+            parallel_state.destroy_model_parallel()
+        if dist.get_rank() == 0:
+            results[name] = read_run(run_dir)
+            results[name]["checkpoints"] = sorted(p.name for p in (run_dir / "checkpoints").glob("iter_*"))
+            results[name]["latest"] = (run_dir / "checkpoints" / "latest").read_text().strip()
+            results[name]["wandb_offline_runs"] = len(list((run_dir / "wandb").glob("offline-run-*"))) \
+                if (run_dir / "wandb").is_dir() else 0
+            results[name]["wall_s"] = round(time.time() - started, 1)
+            print(f"scenario {name}: {len(results[name]['losses'])} steps in {results[name]['wall_s']} s", flush=True)
+    if dist.get_rank() == 0:
+        (work_dir / "results.json").write_text(json.dumps(results))
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()
