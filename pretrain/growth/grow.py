@@ -1,0 +1,172 @@
+"""Grow a trainer checkpoint offline: any TP/PP in, a layout-free grown checkpoint out.
+
+The trainer's checkpoints keep every tensor in model space (global shapes,
+layers stacked on a leading axis), optimizer state included when it is
+saved ``fully_reshardable`` (the trainer's default) or by the plain
+optimizer: ``optimizer.state.{param,exp_avg,exp_avg_sq}.<param key>``.  So
+growth needs no model: load the tensors whole, grow each one
+(:mod:`pretrain.growth.tensors`), and write them back under the same keys
+with the same common state (iteration, consumed samples, Adam step in the
+param groups).  The next stage loads the result at its own TP/PP through
+dist_checkpointing's resharding, like any resumed run.
+
+What changes in the common state: the LR scheduler restarts for the new
+stage (re-warm-up to the stage's LR, decay over its ``lr_decay_iters``),
+the param groups' ``max_lr``/``min_lr`` follow (their ratios to the base LR,
+e.g. per-group multipliers, are kept), ``layout`` is marked "grown" so the
+RNG state of the old layout is not restored, and a ``growth`` record is added.
+
+Every rank of the calling process group computes the same full tensors; rank
+0 is the main replica that writes them (run it as one process in production;
+memory: the whole model + fp32 copy + 2 moments, in host memory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing import ShardedObject, ShardedTensor
+from megatron.core.dist_checkpointing.serialization import load_sharded_metadata, load_tensors_metadata
+
+from pretrain.growth.spec import GrowthConfigError, GrowthSpec, make_spec
+from pretrain.growth.tensors import grow_state
+
+RUN_CONFIG = "run_config.yaml"
+LAYOUT_FREE_SHARDING = ("fully_reshardable", "fully_sharded_model_space", None)
+
+
+def _check_layout_free(common: dict[str, Any], source: Path) -> None:
+    optimizer = common.get("optimizer") or {}
+    sharding = optimizer.get("param_state_sharding_type") if isinstance(optimizer, dict) else None
+    if sharding not in LAYOUT_FREE_SHARDING:
+        raise GrowthConfigError(
+            f"{source}: optimizer state saved as {sharding!r}, which is laid out per DP rank; growth needs "
+            "model-space optimizer state: train the stage with checkpoint.optimizer_sharding=fully_reshardable")
+
+
+def _stage_scheduler(old: dict[str, Any], train: DictConfig) -> dict[str, Any]:
+    """Megatron scheduler state for a stage that starts now: re-warm-up, then its own decay.
+
+    The trainer's scheduler takes these values from the checkpoint
+    (``use_checkpoint_opt_param_scheduler``), so they must be the new stage's.
+    """
+    decay_steps = int(train.lr_decay_iters or train.train_iters)
+    style = {"cosine": "cosine", "wsd": "WSD", "constant": "constant"}[str(train.lr_decay_style)]
+    return {**old, "max_lr": float(train.lr), "min_lr": float(train.min_lr),
+            "lr_warmup_steps": int(train.lr_warmup_iters), "lr_decay_steps": decay_steps,
+            "lr_decay_style": style, "num_steps": 0}
+
+
+def _param_groups(groups: list[dict], old_train: DictConfig, new_train: DictConfig) -> list[dict]:
+    """The groups' LRs for the new stage, keeping each group's ratio to the base LR."""
+    out = []
+    for group in groups:
+        group = dict(group)
+        if "max_lr" in group:
+            group["max_lr"] = float(group["max_lr"]) * float(new_train.lr) / float(old_train.lr)
+        if "min_lr" in group and float(old_train.min_lr) > 0:
+            group["min_lr"] = float(group["min_lr"]) * float(new_train.min_lr) / float(old_train.min_lr)
+        elif "min_lr" in group:
+            group["min_lr"] = float(new_train.min_lr)
+        out.append(group)
+    return out
+
+
+def _grown_common(common: dict[str, Any], old_cfg: DictConfig, new_cfg: DictConfig,
+                  spec: GrowthSpec) -> dict[str, Any]:
+    common = dict(common)
+    common["scheduler"] = _stage_scheduler(common.get("scheduler") or {}, new_cfg.train)
+    optimizer = common.get("optimizer")
+    if isinstance(optimizer, dict) and "optimizer" in optimizer:
+        inner = dict(optimizer["optimizer"])
+        inner["param_groups"] = _param_groups(inner["param_groups"], old_cfg.train, new_cfg.train)
+        common["optimizer"] = {**optimizer, "optimizer": inner}
+    common["layout"] = {"grown_from": common.get("layout")}
+    common["growth"] = {"spec": spec.to_dict(), "start_iteration": int(common["iteration"])}
+    return common
+
+
+def load_full_tensors(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a dist checkpoint at its global shape (common state left out)."""
+    metadata = load_tensors_metadata(str(checkpoint_dir))
+    loaded = dist_checkpointing.load(metadata, str(checkpoint_dir), validate_access_integrity=False)
+    return {key: loaded[key] for key in metadata}
+
+
+def grown_objects(checkpoint_dir: Path, spec: GrowthSpec) -> list[ShardedObject]:
+    """The non-tensor per-layer entries (linear layers' ``_extra_state``) for the new layer count.
+
+    New layers take their source layer's object (old layer 0's for fresh
+    layers); per-rank RNG states are dropped (the layout changes anyway).
+    """
+    metadata = {key: item for key, item in load_sharded_metadata(str(checkpoint_dir)).items()
+                if isinstance(item, ShardedObject) and not key.startswith("rng_state")}
+    loaded = dist_checkpointing.load(dict(metadata), str(checkpoint_dir), validate_access_integrity=False)
+    by_base: dict[str, dict[tuple, object]] = {}
+    shapes: dict[str, tuple] = {}
+    for key, item in metadata.items():
+        by_base.setdefault(item.key, {})[tuple(item.global_offset)] = loaded[key]
+        shapes[item.key] = tuple(item.global_shape)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    objects = []
+    for base, values in by_base.items():
+        layered = base.startswith("decoder.layers.") and shapes[base][0] == spec.old.num_layers
+        if not layered:
+            objects += [ShardedObject(base, value, shapes[base], offset, replica_id=rank)
+                        for offset, value in values.items()]
+            continue
+        for index, (_kind, source) in enumerate(spec.layer_sources):
+            value = values[(max(source, 0),) + tuple(next(iter(values))[1:])]
+            objects.append(ShardedObject(base, value, (spec.new.num_layers,) + shapes[base][1:],
+                                         (index,) + tuple(next(iter(values))[1:]), replica_id=rank))
+    return objects
+
+
+def _sharded(tensors: dict[str, torch.Tensor]) -> dict[str, ShardedTensor]:
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return {key: ShardedTensor.from_rank_offsets(key, tensor.contiguous(), replica_id=rank)
+            for key, tensor in tensors.items()}
+
+
+def grow_checkpoint(source: str | Path, target: str | Path, new_cfg: DictConfig, ramp_iters: int,
+                    depth_position: str = "top", depth_init: str = "copy",
+                    seed: int | None = None) -> DictConfig:
+    """Write ``target`` (a checkpoint directory) = ``source`` grown to ``new_cfg.model``.
+
+    ``new_cfg`` is the next stage's full trainer config.  Returns it completed
+    with the ``growth`` block (spec, start_iteration, ramp_iters) that the
+    grown stage must train with; it is also the target's ``run_config.yaml``.
+    """
+    source, target = Path(source), Path(target)
+    old_cfg = OmegaConf.load(source / RUN_CONFIG)
+    common = dist_checkpointing.load_common_state_dict(str(source))
+    _check_layout_free(common, source)
+    new_cfg = OmegaConf.create(OmegaConf.to_container(new_cfg, resolve=True))
+    padded = OmegaConf.select(old_cfg, "model.padded_vocab_size")
+    if padded is not None:
+        new_cfg.model.padded_vocab_size = int(padded)
+    spec = make_spec(old_cfg.model, new_cfg.model, depth_position, depth_init)
+    seed = int(new_cfg.train.seed) if seed is None else int(seed)
+    tensors = load_full_tensors(source)
+    grown = grow_state(tensors, spec, new_cfg.model, seed)
+    state = _grown_common(common, old_cfg, new_cfg, spec)
+    new_cfg.growth = {"spec": spec.to_dict(), "start_iteration": int(common["iteration"]),
+                      "ramp_iters": int(ramp_iters), "depth_position": depth_position, "depth_init": depth_init}
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        target.mkdir(parents=True, exist_ok=True)
+    if dist.is_initialized():
+        dist.barrier()
+    objects = grown_objects(source, spec)
+    dist_checkpointing.save({**state, "grown_tensors": _sharded(grown), "grown_objects": objects}, str(target))
+    if rank == 0:
+        OmegaConf.save(new_cfg, target / RUN_CONFIG, resolve=True)
+    if dist.is_initialized():
+        dist.barrier()
+    return new_cfg

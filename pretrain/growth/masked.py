@@ -1,0 +1,242 @@
+"""MSG masks on a megatron-core Tele-FLM model: the grown model starts as the old function.
+
+Where the masks act (m ramps 0 -> 1; "new" = entries the growth added):
+
+* hidden size: the embedding output and every sublayer output (attention
+  ``linear_proj``, MLP ``linear_fc2``) are multiplied by a vector that is 1
+  on old dims and m on new ones, so at m = 0 the residual stream is zero on
+  the new dims.  RMSNorm takes its mean square over masked dims only,
+  ``sum(x²·mask) / sum(mask)``: at m = 0 that is the old model's statistic,
+  whatever the new width.
+* heads: the new heads' outputs (the ``linear_proj`` input channels) × m.
+* FFN: the new units of the SwiGLU product ``silu(gate)·up`` (the
+  ``linear_fc2`` input) × m.
+* depth: a new layer computes ``h + m·(Layer(h) − h)`` = ``h + m·Block(h)``.
+
+Masks live in non-persistent buffers plus one float per module (the ramp
+value), so the state dict is exactly the plain model's: a checkpoint written
+after the ramp loads into :func:`pretrain.model.build_model` unchanged, and
+at m = 1 every masked module takes its plain code path.  The ramp value is a
+function of the iteration (:func:`ramp_value`), which the checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.tensor_parallel import RowParallelLinear
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.transformer_layer import TransformerLayer
+
+from pretrain.growth.spec import GrowthSpec
+
+
+def ramp_value(iteration: int, start_iteration: int, ramp_iters: int) -> float:
+    """m at a step that begins at ``iteration``: 0 for the first step after growth, 1 after the ramp."""
+    if ramp_iters <= 0:
+        return 1.0
+    return float(min(1.0, max(0.0, (iteration - start_iteration) / ramp_iters)))
+
+
+def _mask(new_dims: torch.Tensor, ramp: float, dtype: torch.dtype) -> torch.Tensor:
+    return (1.0 - new_dims * (1.0 - ramp)).to(dtype)
+
+
+class MaskedRMSNorm(torch.nn.RMSNorm):
+    """RMSNorm whose statistic covers the masked dims only (plain RMSNorm at m = 1)."""
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_kwargs):
+        super().__init__(hidden_size, eps=eps, dtype=config.params_dtype)
+        if config.sequence_parallel:
+            self.weight.sequence_parallel = True
+        self.register_buffer("growth_new_dims", None, persistent=False)
+        self.growth_ramp = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.growth_new_dims is None or self.growth_ramp >= 1.0:
+            return super().forward(x)
+        mask = _mask(self.growth_new_dims, self.growth_ramp, torch.float32)
+        xf = x.float()
+        mean_square = (xf * xf * mask).sum(-1, keepdim=True) / mask.sum()
+        return (xf * torch.rsqrt(mean_square + self.eps)).to(x.dtype) * self.weight
+
+
+class MaskedRowParallelLinear(RowParallelLinear):
+    """Row-parallel output projection with masks on its input channels (new heads / FFN
+    units, this TP rank's slice) and on its output (new hidden dims)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("growth_new_inputs", None, persistent=False)
+        self.register_buffer("growth_new_outputs", None, persistent=False)
+        self.growth_ramp = 1.0
+
+    def forward(self, input_: torch.Tensor, *args, **kwargs):
+        masking = self.growth_ramp < 1.0
+        if masking and self.growth_new_inputs is not None:
+            input_ = input_ * _mask(self.growth_new_inputs, self.growth_ramp, input_.dtype)
+        output, bias = super().forward(input_, *args, **kwargs)
+        if masking and self.growth_new_outputs is not None:
+            output = output * _mask(self.growth_new_outputs, self.growth_ramp, output.dtype)
+        return output, bias
+
+
+class MaskedTransformerLayer(TransformerLayer):
+    """A layer that, when new, computes ``h + m·(Layer(h) − h)`` (MSG depth growth)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.growth_is_new = False
+        self.growth_ramp = 1.0
+
+    def forward(self, *args, **kwargs):
+        output, context = super().forward(*args, **kwargs)
+        if self.growth_is_new and self.growth_ramp < 1.0:
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            output = hidden + self.growth_ramp * (output - hidden)
+        return output, context
+
+
+def masked_layer_spec():
+    """The local Tele-FLM layer spec with the masked norm / projections / layer swapped in."""
+    from pretrain.model import layer_spec
+
+    spec = copy.deepcopy(layer_spec(use_transformer_engine=False))
+    spec.module = MaskedTransformerLayer
+    spec.submodules.input_layernorm = MaskedRMSNorm
+    spec.submodules.pre_mlp_layernorm = MaskedRMSNorm
+    spec.submodules.self_attention.submodules.linear_proj = MaskedRowParallelLinear
+    spec.submodules.mlp.submodules.linear_fc2 = MaskedRowParallelLinear
+    return spec
+
+
+def masked_block_spec(config: TransformerConfig, vp_stage: int | None) -> TransformerBlockSubmodules:
+    num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(layer_specs=[masked_layer_spec()] * num_layers, layer_norm=MaskedRMSNorm)
+
+
+# ----------------------------------------------------------------------------
+# Attaching a growth to a built model
+# ----------------------------------------------------------------------------
+
+def _new_from(old: int, new: int) -> torch.Tensor | None:
+    """1.0 on entries ``[old, new)``; None when nothing was added (no mask needed)."""
+    if new == old:
+        return None
+    return (torch.arange(new) >= old).float()
+
+
+def _tp_slice(full: torch.Tensor | None, local_size: int) -> torch.Tensor | None:
+    if full is None:
+        return None
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    return full[rank * local_size:(rank + 1) * local_size].clone()
+
+
+def _embedding_mask_hook(module, _inputs, output):
+    if module.growth_new_dims is None or module.growth_ramp >= 1.0:
+        return output
+    return output * _mask(module.growth_new_dims, module.growth_ramp, output.dtype)
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def attach_growth(model: GPTModel, spec: GrowthSpec) -> None:
+    """Mark which entries of this (TP/PP-sharded) model chunk are new; masks start at m = 0."""
+    device = _device_of(model)
+    old, new = spec.old, spec.new
+    hidden = _new_from(old.hidden_size, new.hidden_size)
+    heads = _new_from(old.num_attention_heads * old.kv_channels, new.num_attention_heads * new.kv_channels)
+    ffn = _new_from(old.ffn_hidden_size, new.ffn_hidden_size)
+    to = (lambda t: None if t is None else t.to(device))
+    for name, module in model.named_modules():
+        if isinstance(module, MaskedRMSNorm):
+            module.growth_new_dims = to(hidden)
+        elif isinstance(module, MaskedRowParallelLinear):
+            inputs = heads if name.endswith("self_attention.linear_proj") else ffn
+            module.growth_new_inputs = to(_tp_slice(inputs, module.input_size_per_partition))
+            module.growth_new_outputs = to(hidden)
+        elif isinstance(module, MaskedTransformerLayer):
+            module.growth_is_new = (module.layer_number - 1) in spec.new_layers
+    if getattr(model, "pre_process", False):
+        embedding = model.embedding
+        embedding.register_buffer("growth_new_dims", to(hidden), persistent=False)
+        embedding.growth_ramp = 1.0
+        embedding.register_forward_hook(_embedding_mask_hook)
+    set_ramp([model], 0.0)
+
+
+def set_ramp(model_chunks: Iterable[torch.nn.Module], ramp: float) -> None:
+    """Set m on every masked module (and the embedding) of these chunks (DDP-wrapped or not)."""
+    for chunk in model_chunks:
+        for module in chunk.modules():
+            if hasattr(module, "growth_ramp"):
+                module.growth_ramp = float(ramp)
+
+
+# ----------------------------------------------------------------------------
+# Config: the ``growth`` block of a grown stage
+# ----------------------------------------------------------------------------
+
+def growth_block(cfg: DictConfig) -> DictConfig | None:
+    """``cfg.growth`` when this run continues a growth (spec + start_iteration + ramp_iters)."""
+    block = OmegaConf.select(cfg, "growth")
+    if block is None or OmegaConf.select(block, "spec") is None:
+        return None
+    for key in ("start_iteration", "ramp_iters"):
+        if OmegaConf.select(block, key) is None:
+            raise ValueError(f"growth.{key} is missing (a grown stage needs growth.spec, "
+                             "growth.start_iteration and growth.ramp_iters)")
+    return block
+
+
+def ramp_for(cfg: DictConfig, iteration: int) -> float:
+    block = growth_block(cfg)
+    if block is None:
+        return 1.0
+    return ramp_value(iteration, int(block.start_iteration), int(block.ramp_iters))
+
+
+def build_masked_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = True,
+                       vp_stage: int | None = None) -> GPTModel:
+    """:func:`pretrain.model.build_model` with the masked layer spec, growth attached from
+    ``cfg.growth`` (a plain model when ``cfg.growth`` is absent or its ramp is over)."""
+    from pretrain import model as teleflm
+
+    config = teleflm.transformer_config_from(cfg)
+    m = cfg.model
+    vocab = teleflm.resolved_vocab_size(m, int(cfg.parallel.tensor_model_parallel_size))
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=masked_block_spec(config, vp_stage),
+        vocab_size=vocab,
+        max_sequence_length=int(m.seq_length),
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,
+        share_embeddings_and_output_weights=False,
+        position_embedding_type="rope",
+        rotary_base=int(OmegaConf.select(m, "rotary_base", default=10000)),
+        vp_stage=vp_stage,
+    )
+    teleflm.initialize_parameters(model, m, seed=int(OmegaConf.select(cfg, "train.seed", default=1234)))
+    input_mult = float(OmegaConf.select(m, "input_mult", default=1.0))
+    if pre_process and input_mult != 1.0:
+        model.embedding.register_forward_hook(teleflm._scale_output(input_mult))
+    output_mult = teleflm.logit_multiplier(m)
+    if post_process and output_mult != 1.0:
+        model.output_layer.register_forward_hook(teleflm._scale_output(output_mult))
+    block = growth_block(cfg)
+    if block is not None:
+        attach_growth(model, GrowthSpec.from_dict(block.spec))
+    return model
