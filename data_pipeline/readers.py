@@ -82,7 +82,9 @@ def _open_binary(path: str) -> io.BufferedIOBase:
     if path.endswith(".zst"):
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
+        reader = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True,
+                                                            closefd=True)
+        return io.BufferedReader(reader)  # the raw zstd reader cannot iterate lines
     return open(path, "rb")
 
 

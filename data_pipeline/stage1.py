@@ -75,14 +75,15 @@ def run_group(files: list[InputFile], cfg: Any, work: Path) -> None:
     plain_cfg = plain(cfg)
     staging = work / f"staging-{uuid.uuid4().hex[:12]}"
     items = [{"path": f.path, "key": f.key, "source": f.source} for f in files]
-    num_cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    num_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    # Reading is cheap next to cleaning: it gets a sliver of a CPU so that one cleaning actor per
-    # CPU can run from the start (an autoscaling pool on a small machine stayed at one actor).
+    # Reading and writing are cheap next to cleaning: they get a sliver of a CPU each so that one
+    # cleaning actor per CPU runs from the start (an autoscaling pool on a small machine stayed at
+    # one actor) and the write never waits for the actors to give their CPUs back.
     ds = ds.flat_map(read_file_rows, fn_args=(plain_cfg["read"],), num_cpus=0.1)
     ds = ds.map_batches(BatchCleaner, fn_constructor_args=(plain_cfg,), batch_size=int(cfg.ray.batch_size),
-                        batch_format="pyarrow", concurrency=num_cpus, num_cpus=0.9)
-    ds.write_parquet(str(staging), partition_cols=["file_key"])
+                        batch_format="pyarrow", concurrency=num_cpus, num_cpus=0.8)
+    ds.write_parquet(str(staging), partition_cols=["file_key"], ray_remote_args={"num_cpus": 0.1})
     for f in files:
         produced = staging / f"file_key={f.key}"
         target = stage1_dir(work, f.key)

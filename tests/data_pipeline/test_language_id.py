@@ -1,0 +1,39 @@
+"""Language identification with py3langid: labels, scores, allowed list, aliases."""
+
+import pytest
+
+from data_pipeline.config import plain
+from data_pipeline.language_id import identify, language_verdict
+
+from .conftest import load_config
+
+SAMPLES = {
+    "en": "The package manager downloads the archive, verifies its signature and installs the files.",
+    "zh": "软件包管理器下载归档文件，验证其签名，然后安装这些文件。这是一个简单的过程。",
+    "ja": "パッケージマネージャはアーカイブをダウンロードし、署名を検証してファイルをインストールします。",
+    "de": "Der Paketmanager lädt das Archiv herunter, prüft seine Signatur und installiert die Dateien.",
+    "fr": "Le gestionnaire de paquets télécharge l'archive, vérifie sa signature et installe les fichiers.",
+    "es": "El gestor de paquetes descarga el archivo, verifica su firma e instala los ficheros.",
+}
+
+
+@pytest.mark.parametrize("lang", sorted(SAMPLES))
+def test_allowed_languages_are_identified_and_kept(lang):
+    cfg = plain(load_config(input="x", output="y")).language
+    got, score = identify(SAMPLES[lang], cfg.max_chars, cfg.aliases)
+    assert got == lang
+    assert 0.0 <= score <= 1.0
+    assert language_verdict(got, score, cfg) is None
+
+
+def test_russian_is_dropped_with_reason():
+    cfg = plain(load_config(input="x", output="y")).language
+    got, score = identify("Жизнь слишком короткий промежуток времени для подготовки к вечности.", 1000, cfg.aliases)
+    assert got == "ru"
+    assert language_verdict(got, score, cfg) == "language_not_allowed"
+
+
+def test_low_confidence_and_aliases():
+    cfg = plain(load_config(input="x", output="y")).language
+    assert language_verdict("en", 0.1, cfg) == "language_low_confidence"
+    assert identify("x", 10, {"en": "zz", "de": "zz", "la": "zz"})[0] not in {"en", "de", "la"}
