@@ -10,12 +10,18 @@ or sbatch script, and submits nothing.
 from __future__ import annotations
 
 import json
+import os
 import sys
+
+# Before submitit is imported (it reads this once): sweeps submitted as arrays ask Slurm for the
+# same early-warning signal as the sbatch path, SIGUSR1, which the trainer handles.
+os.environ.setdefault("SUBMITIT_PREEMPT_SIGNAL", "USR1")
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from launch.cli_args import split_argv
+from launch.in_allocation import inside_submitit_slurm_job, run_in_allocation
 from launch.local import local_command, run_local
 from launch.plan import make_plan
 from launch.slurm import render_sbatch, submit, wait_for, write_sbatch
@@ -36,6 +42,8 @@ def launch(cfg: DictConfig) -> int:
         print("# launch config\n" + OmegaConf.to_yaml(cfg, resolve=True))
         if plan.stage_config is not None:
             print(f"# {plan.stage_name} config\n" + OmegaConf.to_yaml(plan.stage_config, resolve=True))
+    if inside_submitit_slurm_job():  # a sweep point of a job array: run here, on this allocation
+        return run_in_allocation(plan)
     plan.launch_dir.mkdir(parents=True, exist_ok=True)
     record = {"stage": plan.stage_name, "launcher": plan.launcher, "nodes": plan.nodes,
               "procs_per_node": plan.procs_per_node, "stage_args": plan.stage_args}
@@ -60,6 +68,10 @@ def launch(cfg: DictConfig) -> int:
         print(f"[launch] job {job_id} finished: {state}")
         return 0 if state == "COMPLETED" else 1
     return 0
+
+
+OmegaConf.register_new_resolver("launch_none_if_zero", lambda value: None if int(value) == 0 else int(value),
+                                replace=True)
 
 
 @hydra.main(config_path="../configs", config_name="launch", version_base=None)

@@ -89,3 +89,42 @@ def test_job_is_preempted_requeued_and_resumes_from_its_checkpoint(tmp_path):
     assert done == {"steps": 60, "world_size": 2, "restart": 1}
     log = "".join(p.read_text() for p in log_dir.glob("*.out"))
     assert "requeueing Slurm job" in log and "restart 1 on localhost" in log
+
+
+def test_rendezvous_lines_pick_the_first_host_and_a_job_derived_port():
+    ensure_local_slurm()  # scontrol expands the node list
+    from launch.rendezvous import MASTER_ADDR_SHELL, MASTER_PORT_SHELL
+
+    script = f"{MASTER_ADDR_SHELL}; {MASTER_PORT_SHELL}; echo $MASTER_ADDR $MASTER_PORT"
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "SLURM_JOB_NODELIST": "gpu[007-010],cpu1",
+                              "SLURM_JOB_ID": "123457"}).stdout.split()
+    assert out == ["gpu007", "23457"]
+
+
+def test_hydra_sweep_goes_out_as_one_job_array(tmp_path):
+    ensure_local_slurm()
+    sweep_dir = tmp_path / "sweep"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "launch", "-m", "hydra/launcher=slurm_array", "stage=launch.probe",
+         "cluster=slurm_ci", "cluster.cpus_per_node=1", f"run_dir={tmp_path}/a,{tmp_path}/b", "steps=3",
+         "step_seconds=0.1", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and not all((tmp_path / p / "done.json").exists() for p in "ab"):
+            assert launcher.poll() is None or launcher.returncode == 0, launcher.stdout.read()[-3000:]
+            time.sleep(0.5)
+        task_dirs = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
+        assert all((tmp_path / p / "done.json").exists() for p in "ab"), task_dirs
+        # Both sweep points are tasks of one array: <array id>_0 and <array id>_1.
+        array_id = task_dirs[0].split("_")[0]
+        assert task_dirs == [f"{array_id}_0", f"{array_id}_1"]
+        assert _scontrol_field(f"{array_id}_1", "ArrayJobId") == array_id
+        for point in "ab":
+            assert json.loads((tmp_path / point / "done.json").read_text())["steps"] == 3
+    finally:
+        # submitit polls sacct (absent on the CI Slurm) with growing intervals; the jobs are done, so stop waiting.
+        if launcher.poll() is None:
+            launcher.terminate()
+            launcher.wait(timeout=30)
