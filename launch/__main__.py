@@ -36,7 +36,16 @@ def _cluster_overrides() -> list[str]:
     return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").startswith("cluster.")]
 
 
+def _sweep_job_number() -> str:
+    """Hydra's job number under multirun ("0" otherwise): fills {job_num} in stage overrides."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return str(HydraConfig.get().job.num) if HydraConfig.initialized() and HydraConfig.get().job.num is not None else "0"
+
+
 def launch(cfg: DictConfig) -> int:
+    if any("{job_num}" in str(a) for a in cfg.stage_args):  # e.g. run_dir=/runs/sweep/{job_num}
+        cfg.stage_args = [str(a).replace("{job_num}", _sweep_job_number()) for a in cfg.stage_args]
     plan = make_plan(cfg, _cluster_overrides())
     if cfg.dry_run:
         print("# launch config\n" + OmegaConf.to_yaml(cfg, resolve=True))
@@ -44,7 +53,6 @@ def launch(cfg: DictConfig) -> int:
             print(f"# {plan.stage_name} config\n" + OmegaConf.to_yaml(plan.stage_config, resolve=True))
     if inside_submitit_slurm_job():  # a sweep point of a job array: run here, on this allocation
         return run_in_allocation(plan)
-    plan.launch_dir.mkdir(parents=True, exist_ok=True)
     record = {"stage": plan.stage_name, "launcher": plan.launcher, "nodes": plan.nodes,
               "procs_per_node": plan.procs_per_node, "stage_args": plan.stage_args}
     if plan.launcher == "local":
@@ -52,6 +60,7 @@ def launch(cfg: DictConfig) -> int:
         if cfg.dry_run:
             print("# command\n" + " ".join(command))
             return 0
+        plan.launch_dir.mkdir(parents=True, exist_ok=True)
         (plan.launch_dir / "launch.json").write_text(json.dumps({**record, "command": command}, indent=1))
         return run_local(plan)
 
