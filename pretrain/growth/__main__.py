@@ -1,0 +1,153 @@
+"""``python -m pretrain.growth schedule=<name> [key=value ...]``: a staged growth run, end to end.
+
+For each stage of ``configs/growth/schedule/<name>.yaml``: compose the trainer
+config (``configs/pretrain.yaml`` + the stage's model/parallel/LR keys), grow
+the previous stage's last checkpoint into this stage's run directory if that
+has not happened yet, write the stage's config to ``<stage dir>/stage.yaml``
+and run the trainer CLI on it (torchrun when the layout needs several
+processes).  Re-running the command resumes: finished stages are skipped, a
+stage with checkpoints resumes from its latest one (mid-ramp included: the
+mask value is a function of the saved iteration).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.growth.schedule import Stage, base_overrides, parse_stages, schedule_overrides, stage_iters
+from pretrain.growth.spec import GrowthConfigError
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+STAGE_CONFIG = "stage.yaml"
+
+
+def _compose(config_dir: Path, name: str, overrides: list[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        return compose(config_name=name, overrides=overrides)
+
+
+def runner_config(argv: list[str]) -> DictConfig:
+    return _compose(CONFIGS / "growth", "runner", argv)
+
+
+def stage_configs(runner: DictConfig) -> list[tuple[Stage, DictConfig]]:
+    """Every stage's full trainer config (iterations cumulative, one data stream for all)."""
+    stages = parse_stages(runner.schedule)
+    common = list(runner.schedule.get("trainer_overrides") or []) + list(runner.trainer_overrides or [])
+    run_dir = Path(runner.run_dir)
+    shaped = [(s, _compose(CONFIGS, "pretrain", base_overrides(s, common))) for s in stages]
+    iters = [stage_iters(s, cfg) for s, cfg in shaped]
+    total_samples = sum(n * int(cfg.train.global_batch_size) for n, (_, cfg) in zip(iters, shaped))
+    out, start = [], 0
+    for (stage, _), n in zip(shaped, iters):
+        extra = schedule_overrides(stage, start, n, total_samples, run_dir)
+        cfg = _compose(CONFIGS, "pretrain", base_overrides(stage, common) + extra)
+        out.append((stage, cfg))
+        start += n
+    return out
+
+
+def world_size(cfg: DictConfig) -> int:
+    p = cfg.parallel
+    return int(p.tensor_model_parallel_size) * int(p.pipeline_model_parallel_size) * int(p.data_parallel_size)
+
+
+def write_stage_config(cfg: DictConfig, stage_dir: Path) -> Path:
+    """The stage's trainer config as a file the trainer CLI can be pointed at (``--config-dir``)."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data["hydra"] = {"run": {"dir": str(stage_dir / "hydra" / "${now:%Y%m%d-%H%M%S}-rank${oc.env:RANK,0}")},
+                     "job": {"chdir": False}, "output_subdir": None}
+    path = stage_dir / STAGE_CONFIG
+    OmegaConf.save(OmegaConf.create(data), path)
+    return path
+
+
+def run_trainer(stage_dir: Path, cfg: DictConfig) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    args = ["-m", "pretrain", "--config-dir", str(stage_dir.resolve()), "--config-name", "stage"]
+    n = world_size(cfg)
+    cmd = [sys.executable, *(["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] if n > 1
+                             else []), *args]
+    print(f"[growth] {' '.join(cmd)}", flush=True)
+    code = subprocess.call(cmd, env=env)
+    if code != 0:
+        raise SystemExit(f"pretrain.growth: stage in {stage_dir} failed (exit {code}); re-run the same command "
+                         "to resume")
+
+
+def latest_iteration(run_dir: Path) -> int | None:
+    from pretrain.checkpoint import latest_checkpoint
+
+    path = latest_checkpoint(run_dir)
+    return None if path is None else int(path.name.split("_")[-1])
+
+
+def grow_into(previous: DictConfig, stage: Stage, cfg: DictConfig) -> DictConfig:
+    """Grow the previous stage's final checkpoint into this stage's run dir (single process)."""
+    import torch.distributed as dist
+
+    from pretrain.checkpoint import checkpoint_name, checkpoints_root, latest_checkpoint, write_latest_marker
+    from pretrain.cpu_shims import activate_cpu_shims
+    from pretrain.growth.grow import grow_checkpoint
+
+    source = latest_checkpoint(previous.run_dir)
+    end = int(previous.train.train_iters)
+    if source is None or int(source.name.split("_")[-1]) != end:
+        raise GrowthConfigError(f"stage {stage.name}: the previous stage's last checkpoint should be "
+                                f"{checkpoint_name(end)} in {previous.run_dir}, found {source}")
+    activate_cpu_shims()
+    if not dist.is_initialized():
+        from pretrain.train import _free_port
+
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    target = checkpoints_root(cfg.run_dir) / checkpoint_name(end)
+    grown = grow_checkpoint(source, target, cfg, ramp_iters=stage.mask_ramp_iters,
+                            depth_position=stage.depth_position, depth_init=stage.depth_init)
+    write_latest_marker(cfg.run_dir, end)
+    print(f"[growth] grew {source} -> {target}", flush=True)
+    return grown
+
+
+def run(argv: list[str]) -> list[Path]:
+    runner = runner_config(argv)
+    stages = stage_configs(runner)
+    stage_dirs = []
+    previous: DictConfig | None = None
+    for stage, cfg in stages:
+        stage_dir = Path(cfg.run_dir)
+        stage_dirs.append(stage_dir)
+        done = latest_iteration(stage_dir)
+        saved = stage_dir / STAGE_CONFIG
+        if stage.grown and done is None:
+            cfg = grow_into(previous, stage, cfg)
+        elif stage.grown:  # resuming: the growth block (spec, start) was fixed when it grew
+            cfg.growth = OmegaConf.load(saved).growth
+        write_stage_config(cfg, stage_dir)
+        if done is None or done < int(cfg.train.train_iters):
+            print(f"[growth] stage {stage.index} ({stage.name}): iterations "
+                  f"{done or 0} -> {cfg.train.train_iters}", flush=True)
+            run_trainer(stage_dir, cfg)
+        else:
+            print(f"[growth] stage {stage.index} ({stage.name}) already done", flush=True)
+        previous = cfg
+    return stage_dirs
+
+
+if __name__ == "__main__":
+    try:
+        run(sys.argv[1:])
+    except GrowthConfigError as err:
+        sys.exit(f"pretrain.growth: {err}")
