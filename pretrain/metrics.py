@@ -85,7 +85,8 @@ class RunMonitor:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                             desc="pretrain", file=sys.stderr, mininterval=1.0)
+                             desc="pretrain", file=sys.stderr, mininterval=1.0,
+                             disable=None)  # None: a bar on terminals, plain log lines in files
         self.event("resume" if start_step > 0 else "start", start_step)
 
     def event(self, name: str, step: int, **fields: Any) -> None:
@@ -112,7 +113,7 @@ class RunMonitor:
         self._print(f"step {step:>6} | held-out loss {loss:.4f}")
 
     def _print(self, line: str) -> None:
-        if self._bar is not None:
+        if self._bar is not None and not self._bar.disable:
             self._bar.write(line, file=sys.stderr)
         else:
             print(line, flush=True)

@@ -1,0 +1,81 @@
+"""Each config rule fails with a message that names the key, and a good config passes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from pretrain.validate import ConfigError, config_errors, validate
+from tests.pretrain.synthetic_data import make_indexed_dataset
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_indexed_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def manifest(data_dir):
+    from pretrain.data import read_manifest
+
+    return read_manifest(data_dir)
+
+
+def cfg_with(data_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        return compose("pretrain", overrides=[f"data.path={data_dir}", "model.vocab_size=512", *overrides])
+
+
+def errors_for(data_dir, manifest, *overrides, world_size=None):
+    return config_errors(cfg_with(data_dir, *overrides), world_size, manifest)
+
+
+def test_default_config_is_valid(data_dir, manifest):
+    validate(cfg_with(data_dir), None, manifest)
+    validate(cfg_with(data_dir, "parallel=tp2pp2"), 4, manifest)
+
+
+@pytest.mark.parametrize("overrides, world_size, key", [
+    (["parallel=tp2", "model.num_attention_heads=3", "model.num_query_groups=3"], 2, "model.num_attention_heads"),
+    (["parallel=tp2", "model.num_query_groups=1"], 2, "model.num_query_groups"),
+    (["parallel=pp2", "model.num_layers=3"], 2, "model.num_layers"),
+    (["parallel=pp2", "parallel.virtual_pipeline_model_parallel_size=4"], 2, "model.num_layers"),
+    (["parallel.virtual_pipeline_model_parallel_size=2"], 1, "parallel.virtual_pipeline_model_parallel_size"),
+    (["parallel=pp2", "parallel.virtual_pipeline_model_parallel_size=2", "train.global_batch_size=4",
+      "train.micro_batch_size=4"], 2, "microbatches"),
+    (["parallel=dp2", "train.global_batch_size=12", "train.micro_batch_size=4"], 2, "train.global_batch_size"),
+    (["parallel=tp2"], 4, "WORLD_SIZE"),
+    (["parallel.sequence_parallel=true"], 1, "parallel.sequence_parallel"),
+    (["parallel=tp2", "model.seq_length=127"], 2, "model.seq_length"),
+    (["parallel=tp2", "+model.padded_vocab_size=513"], 2, "model.padded_vocab_size"),
+    (["+model.padded_vocab_size=256"], 1, "model.padded_vocab_size"),
+    (["model.vocab_size=8000"], 1, "model.vocab_size"),
+    (["train.lr_decay_style=linear"], 1, "train.lr_decay_style"),
+    (["train.recompute=some"], 1, "train.recompute"),
+    (["train.min_lr=1.0"], 1, "train.min_lr"),
+    (["train.lr_warmup_iters=1000", "train.train_iters=10"], 1, "train.lr_warmup_iters"),
+    (["backend=jax"], 1, "backend"),
+    (["logging.wandb.mode=sometimes"], 1, "logging.wandb.mode"),
+    (["data.weights={nope: 1.0}"], 1, "data.weights"),
+])
+def test_each_rule_names_its_key(data_dir, manifest, overrides, world_size, key):
+    errors = errors_for(data_dir, manifest, *overrides, world_size=world_size)
+    assert errors, f"{overrides} should be rejected"
+    assert any(key in e for e in errors), errors
+
+
+def test_missing_data_is_reported(tmp_path, manifest):
+    assert any("data.path" in e for e in config_errors(cfg_with(tmp_path / "nowhere"), 1, None))
+    broken = dict(manifest, train={"web": dict(manifest["train"]["web"], prefix=str(tmp_path / "gone"))})
+    errors = config_errors(cfg_with(tmp_path), 1, broken)
+    assert any("gone.bin" in e for e in errors), errors
+
+
+def test_all_errors_are_reported_together(data_dir, manifest):
+    with pytest.raises(ConfigError) as info:
+        validate(cfg_with(data_dir, "parallel=tp2", "model.num_attention_heads=3", "train.recompute=x"), 3, manifest)
+    assert len(info.value.errors) >= 3
