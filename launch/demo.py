@@ -82,8 +82,12 @@ def planted_junk_removed(ground_truth: Path, data_dir: Path) -> tuple[int, int]:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """Per-step rows of metrics.jsonl (event rows such as checkpoints and evals left out)."""
     path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if "event" not in row and "loss" in row]
 
 
 def generate_samples(hf_dir: Path, prompts: list[str], max_new_tokens: int) -> list[str]:
@@ -92,14 +96,15 @@ def generate_samples(hf_dir: Path, prompts: list[str], max_new_tokens: int) -> l
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model.eval()
     samples = []
     for prompt in prompts:
-        inputs = tokenizer(prompt, return_tensors="pt")
+        inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        torch.manual_seed(0)  # seeded sampling: a demo model this small loops under greedy decoding
         with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, repetition_penalty=1.3)
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=True, top_k=40,
+                                 temperature=0.8, pad_token_id=tokenizer.pad_token_id)
         samples.append(tokenizer.decode(out[0], skip_special_tokens=True))
     return samples
 
@@ -153,7 +158,9 @@ def run_demo(cfg: DictConfig) -> dict:
 
     common = [f"model={cfg.pretrain.model}", f"parallel={cfg.pretrain.parallel}",
               f"data.path={tok_dir / 'indexed'}", f"run_dir={train_dir}",
-              f"checkpoint.save_interval={cfg.pretrain.save_interval}", *cfg.pretrain.overrides]
+              f"checkpoint.save_interval={cfg.pretrain.save_interval}",
+              # one LR schedule over the whole run, so stopping early and resuming changes nothing
+              f"train.lr_decay_iters={cfg.pretrain.train_iters}", *cfg.pretrain.overrides]
     first = run_stage("pretrain (to checkpoint)", python_module(
         "pretrain", *common, f"train.train_iters={cfg.pretrain.first_iters}"), logs)
     first.details = {"result": f"stopped at step {cfg.pretrain.first_iters} with a checkpoint"}

@@ -59,7 +59,7 @@ def evaluate_hf_model(model_dir: str, data: str, max_len: int, batch_size: int,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     eod_id = tokenizer.eos_token_id
     if eod_id is None:
         raise ValueError(f"{model_dir}: the tokenizer has no eos token; BPB scoring needs it as the document separator")
