@@ -1,4 +1,8 @@
-"""``python -m pretrain.growth schedule=<name> [key=value ...]``: a staged growth run, end to end.
+"""``python -m pretrain.growth schedule=<name> [run_dir=...] [trainer overrides]``: a staged run, end to end.
+
+``schedule=``, ``schedule.*`` and ``run_dir=`` configure the runner
+(``configs/growth/runner.yaml``); every other ``key=value`` is a trainer
+override applied to every stage (e.g. ``data.path=...``).
 
 For each stage of ``configs/growth/schedule/<name>.yaml``: compose the trainer
 config (``configs/pretrain.yaml`` + the stage's model/parallel/LR keys), grow
@@ -34,8 +38,22 @@ def _compose(config_dir: Path, name: str, overrides: list[str]) -> DictConfig:
         return compose(config_name=name, overrides=overrides)
 
 
+RUNNER_KEYS = ("schedule", "run_dir", "trainer_overrides")
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(runner overrides, trainer overrides for every stage)."""
+    def is_runner(arg: str) -> bool:
+        key = arg.lstrip("+~").split("=", 1)[0]
+        return key.split(".", 1)[0] in RUNNER_KEYS
+    return [a for a in argv if is_runner(a)], [a for a in argv if not is_runner(a)]
+
+
 def runner_config(argv: list[str]) -> DictConfig:
-    return _compose(CONFIGS / "growth", "runner", argv)
+    runner_args, trainer_args = split_argv(argv)
+    cfg = _compose(CONFIGS / "growth", "runner", runner_args)
+    cfg.trainer_overrides = list(cfg.trainer_overrides or []) + trainer_args
+    return cfg
 
 
 def stage_configs(runner: DictConfig) -> list[tuple[Stage, DictConfig]]:
@@ -136,6 +154,7 @@ def run(argv: list[str]) -> list[Path]:
         elif stage.grown:  # resuming: the growth block (spec, start) was fixed when it grew
             cfg.growth = OmegaConf.load(saved).growth
         write_stage_config(cfg, stage_dir)
+        done = latest_iteration(stage_dir)
         if done is None or done < int(cfg.train.train_iters):
             print(f"[growth] stage {stage.index} ({stage.name}): iterations "
                   f"{done or 0} -> {cfg.train.train_iters}", flush=True)

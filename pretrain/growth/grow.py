@@ -148,9 +148,11 @@ def grow_checkpoint(source: str | Path, target: str | Path, new_cfg: DictConfig,
     common = dist_checkpointing.load_common_state_dict(str(source))
     _check_layout_free(common, source)
     new_cfg = OmegaConf.create(OmegaConf.to_container(new_cfg, resolve=True))
-    padded = OmegaConf.select(old_cfg, "model.padded_vocab_size")
-    if padded is not None:
-        new_cfg.model.padded_vocab_size = int(padded)
+    # The vocabulary is the data's (the trainer fills it from the tokenizer manifest): keep the old one.
+    for key in ("vocab_size", "padded_vocab_size"):
+        value = OmegaConf.select(old_cfg, f"model.{key}")
+        if value is not None:
+            new_cfg.model[key] = int(value)
     spec = make_spec(old_cfg.model, new_cfg.model, depth_position, depth_init)
     seed = int(new_cfg.train.seed) if seed is None else int(seed)
     tensors = load_full_tensors(source)
