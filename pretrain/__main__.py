@@ -37,9 +37,8 @@ def relaunch_locally(world_size: int, overrides: list[str]) -> int:
 
 def preflight(cfg: DictConfig) -> None:
     """Every config rule, before any process group or child process starts."""
-    from pretrain.checkpoint import resolve_load_dir
     from pretrain.data import read_manifest
-    from pretrain.train import resolve_config
+    from pretrain.run_config import resolve_config, resolve_load_dir
 
     manifest = read_manifest(cfg.data.path) if cfg.data.path else None
     resolved = resolve_config(cfg, manifest, resolve_load_dir(cfg)) if manifest else cfg

@@ -35,8 +35,15 @@ from omegaconf import DictConfig, OmegaConf
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-RUN_CONFIG = "run_config.yaml"
-LATEST = "latest"
+from pretrain.run_config import (  # noqa: F401 (re-exported: one place for checkpoint paths)
+    LATEST,
+    RUN_CONFIG,
+    checkpoint_name,
+    checkpoints_root,
+    latest_checkpoint,
+    resolve_load_dir,
+    saved_run_config,
+)
 OPTIMIZER_SHARDING = ("fully_reshardable", "dp_reshardable")
 
 
@@ -50,20 +57,7 @@ def optimizer_metadata(cfg: DictConfig) -> dict[str, str]:
     return {"distrib_optim_sharding_type": kind}
 
 
-def checkpoints_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
 
-
-def checkpoint_name(iteration: int) -> str:
-    return f"iter_{iteration:07d}"
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    marker = checkpoints_root(run_dir) / LATEST
-    if not marker.is_file():
-        return None
-    path = checkpoints_root(run_dir) / marker.read_text().strip()
-    return path if path.is_dir() else None
 
 
 def write_latest_marker(run_dir: str | Path, iteration: int) -> None:
@@ -91,21 +85,6 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
     return doomed
 
 
-def saved_run_config(checkpoint_dir: str | Path) -> DictConfig:
-    return OmegaConf.load(Path(checkpoint_dir) / RUN_CONFIG)
-
-
-def resolve_load_dir(cfg: DictConfig) -> Path | None:
-    """``checkpoint.load``: auto (run_dir's latest, if any) | none | an explicit directory."""
-    load = cfg.checkpoint.load
-    if load in (None, "none", False):
-        return None
-    if load == "auto":
-        return latest_checkpoint(cfg.run_dir)
-    path = Path(load)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint.load='{load}' is not a directory")
-    return path
 
 
 # ----------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 MANIFEST = "manifest.json"
@@ -120,7 +119,7 @@ def build_datasets(cfg: DictConfig, manifest: dict[str, Any], cache_dir: Path) -
 
 
 def microbatches(dataset, consumed_samples: int, micro_batch_size: int, num_microbatches: int,
-                 dp_rank: int, dp_size: int) -> Iterator[dict[str, torch.Tensor]]:
+                 dp_rank: int, dp_size: int) -> Iterator[dict[str, "torch.Tensor"]]:
     """The microbatches one data-parallel rank trains on in one optimizer step.
 
     Global step samples are ``consumed .. consumed + global_batch``; microbatch
@@ -128,6 +127,8 @@ def microbatches(dataset, consumed_samples: int, micro_batch_size: int, num_micr
     pretraining sampler order), so the set of samples in a step does not
     depend on the DP size.
     """
+    import torch
+
     for k in range(num_microbatches):
         start = consumed_samples + (k * dp_size + dp_rank) * micro_batch_size
         samples = [dataset[i] for i in range(start, start + micro_batch_size)]

@@ -17,7 +17,6 @@ layouts.  μP work plugs in through :func:`init_method_for`.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from typing import Callable, Literal
 
@@ -35,6 +34,8 @@ from megatron.core.transformer.transformer_block import (
     get_num_layers_to_build,
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
+
+from pretrain.run_config import padded_vocab_size, resolved_vocab_size  # noqa: F401 (re-exported)
 
 try:  # TransformerEngine is only on GPU clusters.
     import transformer_engine  # noqa: F401
@@ -57,23 +58,6 @@ ParamKind = Literal["matrix", "block_output", "embedding", "readout", "vector"]
 def _get(cfg: DictConfig, key: str, default=None):
     value = OmegaConf.select(cfg, key, default=default)
     return default if value is None else value
-
-
-def padded_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int) -> int:
-    """Round the vocabulary up so every TP rank holds an equal, aligned slice."""
-    multiple = divisible_by * tensor_parallel_size
-    return int(math.ceil(vocab_size / multiple) * multiple)
-
-
-def resolved_vocab_size(model_cfg: DictConfig, tensor_parallel_size: int) -> int:
-    """``model.padded_vocab_size`` when set (a resumed run keeps its checkpoint's
-    padding so it can reshard), else vocab rounded up to divisible_by × TP."""
-    fixed = _get(model_cfg, "padded_vocab_size", None)
-    if fixed:
-        return int(fixed)
-    return padded_vocab_size(int(model_cfg.vocab_size),
-                             int(_get(model_cfg, "make_vocab_size_divisible_by", 128)),
-                             tensor_parallel_size)
 
 
 def width_mult(model_cfg: DictConfig) -> float:

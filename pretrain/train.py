@@ -22,39 +22,16 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.checkpoint import (
-    CheckpointWriter,
-    TrainProgress,
-    load_checkpoint,
-    resolve_load_dir,
-    saved_run_config,
-)
+from pretrain.checkpoint import CheckpointWriter, TrainProgress, load_checkpoint
 from pretrain.cpu_shims import activate_cpu_shims
 from pretrain.data import build_datasets, microbatches, read_manifest
-from pretrain.model import resolved_vocab_size
+from pretrain.run_config import resolve_config, resolve_load_dir
 from pretrain.validate import validate
 
 
 # ----------------------------------------------------------------------------
 # Config resolution (before any process group)
 # ----------------------------------------------------------------------------
-
-def resolve_config(cfg: DictConfig, manifest: dict[str, Any], load_dir: Path | None) -> DictConfig:
-    """Fill in what the data and an existing checkpoint decide.
-
-    * ``model.vocab_size`` comes from the tokenizer manifest.
-    * ``model.padded_vocab_size`` is the checkpoint's when resuming (so a run
-      can reshard to a TP that divides it), else vocab padded for this TP.
-    """
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    cfg.model.vocab_size = int(manifest["vocab_size"])
-    tp = int(cfg.parallel.tensor_model_parallel_size)
-    if OmegaConf.select(cfg, "model.padded_vocab_size") is None:
-        padded = None
-        if load_dir is not None and (load_dir / "run_config.yaml").is_file():
-            padded = OmegaConf.select(saved_run_config(load_dir), "model.padded_vocab_size")
-        cfg.model.padded_vocab_size = int(padded) if padded else resolved_vocab_size(cfg.model, tp)
-    return cfg
 
 
 def world_size_from_env() -> int | None:

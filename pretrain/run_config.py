@@ -1,0 +1,84 @@
+"""What decides a run's effective config before anything heavy is imported.
+
+Kept free of torch/megatron imports so ``python -m pretrain`` can validate and
+re-launch itself in about a second (the workers import megatron, not the parent).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+RUN_CONFIG = "run_config.yaml"
+LATEST = "latest"
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int) -> int:
+    """Round the vocabulary up so every TP rank holds an equal, aligned slice."""
+    multiple = divisible_by * tensor_parallel_size
+    return int(math.ceil(vocab_size / multiple) * multiple)
+
+
+def resolved_vocab_size(model_cfg: DictConfig, tensor_parallel_size: int) -> int:
+    """``model.padded_vocab_size`` when set (a resumed run keeps its checkpoint's
+    padding so it can reshard), else vocab rounded up to divisible_by × TP."""
+    fixed = OmegaConf.select(model_cfg, "padded_vocab_size")
+    if fixed:
+        return int(fixed)
+    divisor = OmegaConf.select(model_cfg, "make_vocab_size_divisible_by") or 128
+    return padded_vocab_size(int(model_cfg.vocab_size), int(divisor), tensor_parallel_size)
+
+
+def checkpoints_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"iter_{iteration:07d}"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint ``checkpoints/latest`` names, if it exists."""
+    marker = checkpoints_root(run_dir) / LATEST
+    if not marker.is_file():
+        return None
+    path = checkpoints_root(run_dir) / marker.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def saved_run_config(checkpoint_dir: str | Path) -> DictConfig:
+    return OmegaConf.load(Path(checkpoint_dir) / RUN_CONFIG)
+
+
+def resolve_load_dir(cfg: DictConfig) -> Path | None:
+    """``checkpoint.load``: auto (run_dir's latest, if any) | none | an explicit directory."""
+    load = cfg.checkpoint.load
+    if load in (None, "none", False):
+        return None
+    if load == "auto":
+        return latest_checkpoint(cfg.run_dir)
+    path = Path(load)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint.load='{load}' is not a directory")
+    return path
+
+
+def resolve_config(cfg: DictConfig, manifest: dict[str, Any], load_dir: Path | None) -> DictConfig:
+    """Fill in what the data and an existing checkpoint decide.
+
+    * ``model.vocab_size`` comes from the tokenizer manifest.
+    * ``model.padded_vocab_size`` is the checkpoint's when resuming (so a run
+      can reshard to a TP that divides it), else vocab padded for this TP.
+    """
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    cfg.model.vocab_size = int(manifest["vocab_size"])
+    tp = int(cfg.parallel.tensor_model_parallel_size)
+    if OmegaConf.select(cfg, "model.padded_vocab_size") is None:
+        padded = None
+        if load_dir is not None and (load_dir / RUN_CONFIG).is_file():
+            padded = OmegaConf.select(saved_run_config(load_dir), "model.padded_vocab_size")
+        cfg.model.padded_vocab_size = int(padded) if padded else resolved_vocab_size(cfg.model, tp)
+    return cfg
