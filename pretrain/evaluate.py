@@ -7,7 +7,7 @@ chart ``bpb.png``. The scoring convention is the one in :mod:`pretrain.bpb`, so
 the numbers agree with what the trainer reports for the checkpoint the model
 was exported from.
 
-    python -m pretrain.evaluate model=runs/demo/hf data=runs/demo/data/heldout output=runs/demo/eval
+    python -m pretrain.evaluate hf_dir=runs/demo/hf heldout=runs/demo/data/heldout output=runs/demo/eval
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def iter_records(data: str, text_key: str = "text") -> Iterator[dict]:
     else:
         files = sorted(glob.glob(data))
     if not files:
-        raise FileNotFoundError(f"evaluation data: no .parquet or .jsonl files at '{data}' (config key: data)")
+        raise FileNotFoundError(f"evaluation data: no .parquet or .jsonl files at '{data}' (config key: heldout)")
     for file in files:
         if file.endswith(".parquet"):
             for row in pq.read_table(file).to_pylist():
@@ -121,10 +121,10 @@ def write_report(groups: dict[str, dict[str, Score]], output: Path, title: str) 
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base=None)
 def main(cfg: DictConfig) -> None:
-    if not cfg.model or not cfg.data:
-        sys.exit("pretrain.evaluate: set model=HF_MODEL_DIR and data=HELDOUT_DIR_OR_GLOB")
-    groups = evaluate_hf_model(cfg.model, cfg.data, cfg.max_len, cfg.batch_size, cfg.max_documents)
-    result = write_report(groups, Path(cfg.output), Path(cfg.model).name)
+    if not cfg.hf_dir or not cfg.heldout:
+        sys.exit("pretrain.evaluate: set hf_dir=HF_MODEL_DIR and heldout=HELDOUT_DIR_OR_GLOB")
+    groups = evaluate_hf_model(cfg.hf_dir, cfg.heldout, cfg.max_len, cfg.batch_size, cfg.max_documents)
+    result = write_report(groups, Path(cfg.output), Path(cfg.hf_dir).name)
     print(Path(cfg.output, "bpb.md").read_text())
     overall = result["all"]["all"]
     print(f"overall: {overall['bpb']:.4f} bits per byte over {overall['documents']} documents; "
