@@ -52,7 +52,7 @@ def sbatch_directives(plan: LaunchPlan, cluster: DictConfig, job_name: str) -> l
         f"--mem={int(cluster.mem_gb_per_node)}G",
         f"--time={int(slurm.time_min)}",
     ]
-    if gpus:
+    if gpus and plan.stage.distributed:  # data, tokenizer and planner stages use CPUs only
         lines.append(f"--gpus-per-node={gpus}")
     for key in ("partition", "account", "qos", "constraint"):
         if slurm.get(key):
