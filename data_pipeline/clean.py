@@ -1,6 +1,6 @@
 """The per-document stages, applied to one batch: normalise, identify language, filter, scrub PII, sign.
 
-This is the body of the Ray ``map_batches`` call. Every input row leaves as
+This is the body of the Ray ``map_batches`` call (data_pipeline/stage1.py). Every input row leaves as
 exactly one output row whose ``status`` says what happened to it (kept,
 dropped with stage and reason, or quarantined), so nothing can be lost between
 reading and the report. Dropped rows keep only the first 200 characters: the
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import xxhash
 
@@ -91,22 +90,3 @@ def clean_batch(batch: pa.Table, cfg: Any) -> pa.Table:
             if len(s):  # no shingles: nothing to compare, never a near duplicate
                 r["bands"], r["signature"] = b.tolist(), sig.tolist()
     return pa.Table.from_pylist(rows, schema=STAGE1_SCHEMA)
-
-
-class BatchCleaner:
-    """Ray Data callable class: builds the config once per worker, not once per batch."""
-
-    def __init__(self, plain_cfg: dict) -> None:
-        from data_pipeline.language_id import identifier
-
-        self.cfg = plain_cfg
-
-        identifier()  # load the language model before the first batch arrives
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return clean_batch(batch, self.cfg)
-
-
-def np_signature_for_tests(texts: list[str], lang: str, cfg: Any) -> np.ndarray:
-    """Signatures of raw texts under ``cfg.dedup`` (used by tests and the benchmark)."""
-    return signatures([shingle_hashes(t, lang, cfg.dedup) for t in texts], int(cfg.dedup.num_perm), int(cfg.dedup.seed))

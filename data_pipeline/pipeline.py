@@ -36,12 +36,11 @@ def _connect_ray(cfg: Any) -> bool:
 
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": True, "logging_level": "WARNING",
-                              "log_to_driver": False}
+    kwargs: dict[str, Any] = {"configure_logging": True, "logging_level": "WARNING", "log_to_driver": False}
     if cfg.ray.address:
         ray.init(address=str(cfg.ray.address), **kwargs)
     else:
-        ray.init(num_cpus=int(cfg.ray.num_cpus), **kwargs)
+        ray.init(num_cpus=int(cfg.ray.num_cpus), include_dashboard=False, **kwargs)
     return True
 
 

@@ -65,7 +65,7 @@ def run_group(files: list[InputFile], cfg: Any, work: Path) -> None:
     """Read, clean and sign one group of files in one Ray Data job, then commit each file."""
     import ray.data
 
-    from data_pipeline.clean import BatchCleaner
+    from data_pipeline.clean import clean_batch
     from data_pipeline.config import plain
 
     ctx = ray.data.DataContext.get_current()
@@ -75,14 +75,14 @@ def run_group(files: list[InputFile], cfg: Any, work: Path) -> None:
     plain_cfg = plain(cfg)
     staging = work / f"staging-{uuid.uuid4().hex[:12]}"
     items = [{"path": f.path, "key": f.key, "source": f.source} for f in files]
-    num_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    # Reading and writing are cheap next to cleaning: they get a sliver of a CPU each so that one
-    # cleaning actor per CPU runs from the start (an autoscaling pool on a small machine stayed at
-    # one actor) and the write never waits for the actors to give their CPUs back.
+    # Cleaning runs as plain tasks, not actors: Ray keeps worker processes alive between jobs, so the
+    # imports and the language model (loaded once per process) are paid once per worker, not per job.
+    # Reading and writing ask for a sliver of a CPU; the different resource shape also keeps Ray from
+    # fusing read and clean into one task per file, so the blocks of one big file spread over workers.
     ds = ds.flat_map(read_file_rows, fn_args=(plain_cfg["read"],), num_cpus=0.1)
-    ds = ds.map_batches(BatchCleaner, fn_constructor_args=(plain_cfg,), batch_size=int(cfg.ray.batch_size),
-                        batch_format="pyarrow", concurrency=num_cpus, num_cpus=0.8)
+    ds = ds.map_batches(clean_batch, fn_args=(plain_cfg,), batch_size=int(cfg.ray.batch_size),
+                        batch_format="pyarrow", num_cpus=1)
     ds.write_parquet(str(staging), partition_cols=["file_key"], ray_remote_args={"num_cpus": 0.1})
     for f in files:
         produced = staging / f"file_key={f.key}"

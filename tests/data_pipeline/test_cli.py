@@ -9,11 +9,13 @@ import pytest
 from .conftest import write_small_corpus
 
 
-def test_cli_end_to_end(tmp_path):
+def test_cli_end_to_end(ray_cluster, tmp_path):
+    """Joins the session's Ray cluster through ray.address (also what a cluster run does)."""
     write_small_corpus(tmp_path / "in", per_file=8)
+    address = ray_cluster.get_runtime_context().gcs_address
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "data_pipeline", f"input={tmp_path}/in/*", f"output={out}",
-                           "ray.progress=false", "+mixture.weights.poems=3"],
+                           "ray.progress=false", f"ray.address={address}", "+mixture.weights.poems=3"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "input 26 | kept" in proc.stdout
