@@ -63,13 +63,9 @@ def main(cfg: DictConfig) -> None:
     if "WORLD_SIZE" not in os.environ and world_size > 1:
         overrides = list(HydraConfig.get().overrides.task)
         sys.exit(relaunch_locally(world_size, overrides))
-    if cfg.backend == "deepspeed":
-        from pretrain.ds_backend import run as run_backend
-    else:
-        from pretrain.train import run as run_backend
-    from pretrain.train import shutdown
+    from pretrain.train import run, shutdown
 
-    summary = run_backend(cfg)
+    summary = run(cfg)
     if summary is not None:
         print_summary(summary)
     shutdown()

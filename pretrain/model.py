@@ -241,17 +241,23 @@ def _normal(std: float, truncated: bool) -> Callable[[torch.Tensor, torch.Genera
     return init
 
 
-def init_method_for(model_cfg: DictConfig, kind: ParamKind) -> Callable[[torch.Tensor, torch.Generator], None]:
-    """The initialiser for one kind of parameter; the single place μP rules go.
+def init_method_for(model_cfg: DictConfig, kind: ParamKind, name: str | None = None
+                    ) -> Callable[[torch.Tensor, torch.Generator], None]:
+    """The initialiser for one kind of parameter (applied to the full, unsharded tensor).
 
-    * ``matrix``: hidden weights (QKV, fc1) — std ``init_method_std``.
-    * ``block_output``: attention/MLP output projections — same std for now
-      (μP may add 1/sqrt(2·layers)).
-    * ``readout``: the untied output layer — ``init_method_std``.
-    * ``embedding``: input embedding — ``embedding_init_std``.
-    * ``vector``: norm gains — ones.
-    Truncated normal (±2σ) when ``truncated_normal_init``.
+    The μP rules live in :mod:`pretrain.mup` (``initializer``): matrix-like std
+    ``init_method_std / sqrt(fan-in multiplier)``, ``embedding_init_std`` for
+    the embedding, ``init_method_std`` for the readout, ones for norm gains;
+    truncated normal (±2σ) when ``truncated_normal_init``. With μP off the
+    multipliers are 1. The local fallback below (same rules at multiplier 1)
+    keeps the model buildable if that module is absent.
     """
+    try:
+        from pretrain.mup import initializer
+    except ImportError:
+        initializer = None
+    if initializer is not None:
+        return initializer(model_cfg, kind, name)
     truncated = bool(_get(model_cfg, "truncated_normal_init", False))
     matrix_std = float(model_cfg.init_method_std)
     vector_std = float(_get(model_cfg, "embedding_init_std", matrix_std))
@@ -308,7 +314,7 @@ def initialize_parameters(model: GPTModel, model_cfg: DictConfig, seed: int) -> 
     global_names = global_parameter_names(model)
     for name, param in model.named_parameters():
         global_name = global_names[name]
-        init = init_method_for(model_cfg, param_kind(global_name))
+        init = init_method_for(model_cfg, param_kind(global_name), global_name)
         is_tp = getattr(param, "tensor_model_parallel", False) and tp_size > 1
         full_shape = list(param.shape)
         if is_tp:

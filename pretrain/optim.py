@@ -7,7 +7,7 @@ keys read directly as steps.
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -34,9 +34,20 @@ def optimizer_config_from(cfg: DictConfig) -> OptimizerConfig:
 
 
 def build_optimizer(cfg: DictConfig, model_chunks: list):
-    """megatron's (distributed) Adam over DDP-wrapped chunks; μP per-group LRs would go in
-    ``config_overrides`` here."""
-    return get_megatron_optimizer(optimizer_config_from(cfg), model_chunks)
+    """megatron's (distributed) Adam over DDP-wrapped chunks.
+
+    With ``model.mup.enabled`` each μP parameter group gets its own peak/floor
+    LR (``pretrain.mup.megatron_optimizer_kwargs``: matrix-like weights
+    ``train.lr_matrix / fan-in multiplier``, vector-like ``train.lr``); the
+    scheduler then scales every group by the same warm-up/decay shape.
+    """
+    config = optimizer_config_from(cfg)
+    kwargs = {}
+    if OmegaConf.select(cfg, "model.mup.enabled", default=False):
+        from pretrain.mup import megatron_optimizer_kwargs
+
+        kwargs = megatron_optimizer_kwargs(cfg, config, model_chunks)
+    return get_megatron_optimizer(config, model_chunks, **kwargs)
 
 
 def build_scheduler(cfg: DictConfig, optimizer) -> OptimizerParamScheduler:
@@ -58,7 +69,9 @@ def build_scheduler(cfg: DictConfig, optimizer) -> OptimizerParamScheduler:
         end_wd=float(t.weight_decay),
         wd_incr_steps=decay_iters,
         wd_incr_style="constant",
-        use_checkpoint_opt_param_scheduler=True,
-        override_opt_param_scheduler=False,
+        # The config is the truth on resume: the restored step is placed on the schedule
+        # the config describes (raising train_iters stretches the decay).
+        use_checkpoint_opt_param_scheduler=False,
+        override_opt_param_scheduler=True,
         **wsd_kwargs,
     )

@@ -253,6 +253,14 @@ def peak_tflops() -> float | None:
     return detect_peak_bf16_tflops()
 
 
+def reference_lr(scheduler, optimizer) -> float:
+    """The schedule's LR for ``train.lr`` (μP groups scale it per group)."""
+    try:
+        return float(scheduler.get_lr({}))
+    except (TypeError, AttributeError):
+        return float(optimizer.param_groups[0]["lr"])
+
+
 def preemption_flag():
     try:
         from launch.preemption import install_preemption_handler
@@ -316,6 +324,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     last_saved = progress.iteration if load_dir is not None else -1
 
     while progress.iteration < train_iters:
+        lr = reference_lr(scheduler, optimizer)  # the LR this step uses
         step_start = time.perf_counter()
         loss, grad_norm, updated = trainer.train_step(progress.consumed_samples)
         if torch.cuda.is_available():
@@ -331,7 +340,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
 
             monitor.log_step({
                 "step": progress.iteration, "loss": loss, "grad_norm": grad_norm,
-                "lr": optimizer.param_groups[0]["lr"], "tokens_per_s": tokens_per_s,
+                "lr": lr, "tokens_per_s": tokens_per_s,
                 "consumed_samples": progress.consumed_samples, "tokens": progress.tokens,
                 "tflops_per_gpu": tflops, "mfu": mfu_of(tokens_per_s / world, fpt, peak) if peak and fpt else None,
                 "mem_gb": memory_gb(), "step_time_s": step_time, "skipped": not updated,

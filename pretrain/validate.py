@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 LR_DECAY_STYLES = ("cosine", "wsd", "constant")
 RECOMPUTE = ("none", "selective", "full")
-BACKENDS = ("megatron", "deepspeed")
+BACKENDS = ("megatron",)  # a DeepSpeed (ZeRO) backend is planned, not implemented
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -159,7 +159,8 @@ def data_errors(cfg: DictConfig, manifest: dict | None) -> list[str]:
 def misc_errors(cfg: DictConfig) -> list[str]:
     errors = []
     if _sel(cfg, "backend", "megatron") not in BACKENDS:
-        errors.append(f"backend={cfg.backend!r}: use one of {BACKENDS}")
+        errors.append(f"backend={cfg.backend!r}: this trainer implements {BACKENDS} only "
+                      "(the DeepSpeed backend is not built yet): set backend=megatron")
     mode = _sel(cfg, "logging.wandb.mode", "offline")
     if mode not in WANDB_MODES:
         errors.append(f"logging.wandb.mode={mode!r}: use one of {WANDB_MODES}")
