@@ -25,10 +25,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from launch.preemption import PREEMPTED_EXIT_CODE, PREEMPTION_SIGNAL
 from launch.rendezvous import torch_env_for_slurm_task
+
+REFORWARD_INTERVAL_S = 10.0
 
 
 def should_requeue(child_returncode: int, signal_received: bool) -> bool:
@@ -51,13 +52,49 @@ def requeue_this_job() -> None:
     subprocess.run(["scontrol", "requeue", job_id], check=True)
 
 
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # exited while we looked
+        children.setdefault(parent, []).append(int(entry))
+    return children.get(pid, [])
+
+
+def forward_signal(signum: int, child_pid: int, behind_torchrun: bool) -> None:
+    """Deliver ``signum`` to the ranks: torchrun's workers, or the child itself (per_gpu).
+
+    Slurm's time-limit warning (``--signal=USR1@N``) reaches only the task's
+    process group, and torchrun starts its workers in new sessions: without
+    forwarding, the trainer never hears it (found on a real Slurm). Only the
+    ranks get it, not their helper processes: a spawned helper (e.g. an async
+    checkpoint writer) has the default disposition and would be killed.
+    ``scancel --signal=USR1`` reaches every process of the step instead; the
+    trainer's flag is idempotent, so receiving both is harmless.
+    """
+    for pid in (children_of(child_pid) if behind_torchrun else [child_pid]):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
 def run(command: list[str], per_gpu: bool) -> int:
     signal_received = False
+    child: subprocess.Popen | None = None
 
     def _note_signal(signum, _frame) -> None:
         nonlocal signal_received
         signal_received = True
-        print(f"[launch.node_entry] got signal {signum}: the trainer saves and stops", flush=True)
+        print(f"[launch.node_entry] got signal {signum}: forwarding it, the trainer saves and stops", flush=True)
+        if child is not None:
+            forward_signal(signum, child.pid, behind_torchrun="torch.distributed.run" in command)
 
     signal.signal(PREEMPTION_SIGNAL, _note_signal)
     env = dict(os.environ)
@@ -71,12 +108,16 @@ def run(command: list[str], per_gpu: bool) -> int:
     # Forward SIGTERM/SIGINT so an scancel or Ctrl-C stops the child too.
     for forwarded in (signal.SIGTERM, signal.SIGINT):
         signal.signal(forwarded, lambda signum, _f: child.send_signal(signum))
+    behind_torchrun = "torch.distributed.run" in command
     while True:
         try:
-            returncode = child.wait()
+            returncode = child.wait(timeout=REFORWARD_INTERVAL_S)
             break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
-            time.sleep(0.1)
+        except subprocess.TimeoutExpired:
+            # The warning can come before the trainer installed its handler (ranks still
+            # importing, SIGUSR1 still ignored): repeat it until the child stops.
+            if signal_received:
+                forward_signal(PREEMPTION_SIGNAL, child.pid, behind_torchrun)
     first_task = os.environ.get("SLURM_PROCID", "0") == "0"
     if "SLURM_JOB_ID" in os.environ and should_requeue(returncode, signal_received):
         if first_task:

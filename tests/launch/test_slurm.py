@@ -8,7 +8,9 @@ checkpoints every few steps and follows the trainer's preemption contract.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +43,15 @@ def _wait(predicate, timeout_s: float, what: str, job_id: str, log_dir: Path):
                          f"{_scontrol_field(job_id, 'JobState')}\n{logs}")
 
 
+def _task_pids(job_id: str) -> list[int]:
+    """PIDs of the srun tasks of step 0 (rows with a LOCALID in `scontrol listpids`)."""
+    out = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True, check=True).stdout
+    rows = [line.split() for line in out.splitlines()[1:]]
+    pids = [int(r[0]) for r in rows if len(r) >= 4 and r[2] == "0" and r[3] != "-"]
+    assert pids, out
+    return pids
+
+
 def _progress(run_dir: Path) -> list[str]:
     path = run_dir / "progress.log"
     return path.read_text().splitlines() if path.exists() else []
@@ -62,8 +73,10 @@ def test_job_is_preempted_requeued_and_resumes_from_its_checkpoint(tmp_path):
         # First attempt: running under torchrun across 2 ranks, past a few checkpoints.
         _wait(lambda: sum(bool(re.search(r"restart=0 step \d+$", l)) for l in _progress(run_dir)) >= 8,
               90, "8 steps of the first attempt", job_id, log_dir)
-        # Preempt exactly as Slurm's --signal=USR1@N does: SIGUSR1 to every process of the job steps.
-        subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
+        # Preempt as Slurm's --signal=USR1@N warning does: it reaches the srun task (launch.node_entry),
+        # not torchrun's workers, which run in their own sessions; node_entry must forward it to the ranks.
+        for pid in _task_pids(job_id):
+            os.kill(pid, signal.SIGUSR1)
         # The trainer-side contract saves and exits 75; launch.node_entry requeues the job.
         _wait(lambda: _scontrol_field(job_id, "Restarts") == "1" and _scontrol_field(job_id, "JobState") == "PENDING",
               60, "the job to be requeued", job_id, log_dir)
