@@ -20,9 +20,9 @@ def free_port() -> int:
 def torchrun(nproc: int, args: list[str], timeout: int = 300, env: dict | None = None,
              cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     """Launch ``python -m torch.distributed.run`` and fail loudly with the workers' output."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
-                "PYTHONPATH": str(REPO_ROOT), **(env or {})}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    # WANDB_MODE would override each scenario's logging.wandb.mode: let the config decide.
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "WANDB_MODE"):
         full_env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            "--master_addr=127.0.0.1", f"--master_port={free_port()}", "--nnodes=1", *args]
