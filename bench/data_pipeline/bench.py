@@ -182,6 +182,19 @@ def run_ours(inp: Path, out: Path, lang: str) -> dict:
     return {"seconds": seconds, "reached": reached, "removed": reached - kept, "summary": summary}
 
 
+def _patch_datatrove_xxhash() -> None:
+    """datatrove 0.10 hands str to xxhash, which the installed xxhash 4 rejects; encode first.
+
+    Its executor forks its workers, so patching the module here reaches them.
+    """
+    import xxhash
+
+    import datatrove.utils.hashes.xxhash as dt_xxhash
+
+    dt_xxhash.xxhash32 = lambda data: xxhash.xxh32_intdigest(data.encode() if isinstance(data, str) else data)
+    dt_xxhash.xxhash64 = lambda data: xxhash.xxh64_intdigest(data.encode() if isinstance(data, str) else data)
+
+
 def run_datatrove(inp: Path, out: Path, lang: str, workers: int) -> dict:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
@@ -207,6 +220,7 @@ def run_datatrove(inp: Path, out: Path, lang: str, workers: int) -> dict:
             return [m.span() for m in self.pattern.finditer(text)]
 
     tok = RegexTokenizer(lang)
+    _patch_datatrove_xxhash()
     shutil.rmtree(out, ignore_errors=True)
     files = sorted(p.name for p in inp.glob("*.jsonl.gz"))
     tasks = len(files)
