@@ -21,7 +21,7 @@ matrices (input embedding and readout), as in Kaplan et al.
 
 Without ``--data``, the demo corpus is cleaned and tokenized first
 (``python -m data_pipeline`` then ``python -m tokenizer`` with
-``--vocab-size``) into ``<out>/data``.  Finished widths are reused on rerun.
+``--vocab-size`` and ``--character-coverage``) into ``<out>/data``.  Finished widths are reused on rerun.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--data", type=Path, default=None, help="tokenizer output's indexed/ dir (built if absent)")
     p.add_argument("--vocab-size", type=int, default=2048, help="tokenizer vocab when the data is built here")
+    p.add_argument("--character-coverage", type=float, default=0.98,
+                   help="SentencePiece coverage when built here (rare characters fall back to bytes; "
+                        "the demo corpus has ~4800 distinct characters, more than a 2048 vocab)")
     p.add_argument("--fit-heads", default="2,3,4,6,8", help="head counts of the fitted widths")
     p.add_argument("--target-heads", type=int, default=16)
     p.add_argument("--head-dim", type=int, default=16)
@@ -75,7 +78,9 @@ def ensure_data(args: argparse.Namespace) -> Path:
         subprocess.run([sys.executable, "-m", "data_pipeline", f"input={REPO_ROOT}/data/corpus/*.jsonl.gz",
                         f"output={data_dir}"], cwd=REPO_ROOT, env=env, check=True)
         subprocess.run([sys.executable, "-m", "tokenizer", f"input={data_dir}", f"output={tok_dir}",
-                        f"tokenizer.vocab_size={args.vocab_size}"], cwd=REPO_ROOT, env=env, check=True)
+                        f"tokenizer.vocab_size={args.vocab_size}",
+                        f"tokenizer.training.character_coverage={args.character_coverage}"],
+                       cwd=REPO_ROOT, env=env, check=True)
     return tok_dir / "indexed"
 
 

@@ -44,8 +44,13 @@ class PowerLawFit:
         return asdict(self)
 
 
-def fit_power_law(n: np.ndarray, loss: np.ndarray) -> PowerLawFit:
-    """Least-squares fit with b < 0 and 0 <= c < min(loss) (a saturating, decreasing law)."""
+def fit_power_law(n: np.ndarray, loss: np.ndarray, start: tuple[float, float, float] | None = None
+                  ) -> PowerLawFit:
+    """Least-squares fit with b < 0 and 0 <= c < min(loss) (a saturating, decreasing law).
+
+    Several starting points are tried and the best kept, unless ``start`` (a, b, c in the
+    scaled units of a previous fit) is given: the bootstrap refits from the full fit.
+    """
     n, loss = np.asarray(n, float), np.asarray(loss, float)
     if n.size < 4:
         raise ValueError(f"need at least 4 points for a 3-parameter fit, got {n.size}")
@@ -53,19 +58,24 @@ def fit_power_law(n: np.ndarray, loss: np.ndarray) -> PowerLawFit:
         raise ValueError("sizes must be positive")
     scale = float(np.exp(np.mean(np.log(n))))
     x = n / scale
+    if start is not None:
+        starts = [(start[0], min(start[1], -1e-6), min(start[2], float(loss.min()) * (1 - 1e-9)))]
+    else:
+        starts = []
+        for c0 in (0.0, 0.5 * loss.min(), 0.9 * loss.min()):
+            for b0 in (-0.1, -0.3, -0.7):
+                starts.append((max(1e-6, float(np.mean((loss - c0) / np.power(x, b0)))), b0, c0))
     best = None
-    for c0 in (0.0, 0.5 * loss.min(), 0.9 * loss.min()):
-        for b0 in (-0.1, -0.3, -0.7):
-            a0 = max(1e-6, float(np.mean((loss - c0) / np.power(x, b0))))
-            try:
-                params, cov = curve_fit(power_law, x, loss, p0=(a0, b0, c0),
-                                        bounds=([0.0, -5.0, 0.0], [np.inf, 0.0, float(loss.min())]),
-                                        maxfev=20000)
-            except (RuntimeError, ValueError):
-                continue
-            rms = float(np.sqrt(np.mean((power_law(x, *params) - loss) ** 2)))
-            if best is None or rms < best[2]:
-                best = (params, cov, rms)
+    for a0, b0, c0 in starts:
+        try:
+            params, cov = curve_fit(power_law, x, loss, p0=(a0, b0, c0),
+                                    bounds=([0.0, -5.0, 0.0], [np.inf, 0.0, float(loss.min())]),
+                                    maxfev=20000)
+        except (RuntimeError, ValueError):
+            continue
+        rms = float(np.sqrt(np.mean((power_law(x, *params) - loss) ** 2)))
+        if best is None or rms < best[2]:
+            best = (params, cov, rms)
     if best is None:
         raise RuntimeError("power-law fit did not converge from any starting point")
     params, cov, rms = best
@@ -88,7 +98,8 @@ def bootstrap_predictions(n: np.ndarray, loss: np.ndarray, target_n: float, samp
     for _ in range(samples):
         sample = fitted + rng.choice(residuals, size=len(n), replace=True)
         try:
-            predictions.append(float(fit_power_law(n, sample).predict(target_n)))
+            refit = fit_power_law(n, sample, start=(base.a, base.b, base.c))
+            predictions.append(float(refit.predict(target_n)))
         except RuntimeError:
             continue
     return np.asarray(predictions)
