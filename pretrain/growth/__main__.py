@@ -89,11 +89,22 @@ def write_stage_config(cfg: DictConfig, stage_dir: Path) -> Path:
     return path
 
 
+def trainer_applies_growth() -> bool:
+    """Whether ``python -m pretrain`` itself builds the masked model and ramps it
+    (``pretrain.train.GROWTH_AWARE``); otherwise grown stages run in :mod:`pretrain.growth.stage`."""
+    import pretrain.train
+
+    return bool(getattr(pretrain.train, "GROWTH_AWARE", False))
+
+
 def run_trainer(stage_dir: Path, cfg: DictConfig) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    args = ["-m", "pretrain", "--config-dir", str(stage_dir.resolve()), "--config-name", "stage"]
+    if OmegaConf.select(cfg, "growth.spec") is not None and not trainer_applies_growth():
+        args = ["-m", "pretrain.growth.stage", str((stage_dir / STAGE_CONFIG).resolve())]
+    else:
+        args = ["-m", "pretrain", "--config-dir", str(stage_dir.resolve()), "--config-name", "stage"]
     n = world_size(cfg)
     cmd = [sys.executable, *(["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] if n > 1
                              else []), *args]
