@@ -157,7 +157,7 @@ def score(removed: set[str], reached: set[str], planted: list[dict]) -> dict:
     return out
 
 
-def run_ours(inp: Path, out: Path, lang: str) -> dict:
+def run_ours(inp: Path, out: Path, lang: str, overrides: list[str]) -> dict:
     import pyarrow.parquet as pq
     from omegaconf import OmegaConf
 
@@ -168,6 +168,9 @@ def run_ours(inp: Path, out: Path, lang: str) -> dict:
     cfg.input, cfg.output = str(inp / "*.jsonl.gz"), str(out)
     cfg.ray.progress = False
     cfg.heldout.fraction = 0.0  # score dedup on one output
+    for item in overrides:  # e.g. dedup.threshold=0.15
+        key, value = item.split("=", 1)
+        OmegaConf.update(cfg, key, _parse(value), force_add=True)
     shutil.rmtree(out, ignore_errors=True)
     start = time.time()
     summary = run(cfg)
@@ -193,6 +196,12 @@ def _patch_datatrove_xxhash() -> None:
 
     dt_xxhash.xxhash32 = lambda data: xxhash.xxh32_intdigest(data.encode() if isinstance(data, str) else data)
     dt_xxhash.xxhash64 = lambda data: xxhash.xxh64_intdigest(data.encode() if isinstance(data, str) else data)
+
+
+def _parse(value: str):
+    import yaml
+
+    return yaml.safe_load(value)
 
 
 def run_datatrove(inp: Path, out: Path, lang: str, workers: int) -> dict:
@@ -276,6 +285,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("/tmp/dp_bench"))
     parser.add_argument("--skip-datatrove", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of configs/data_pipeline.yaml for our pipeline (repeatable)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()}-core CPU", "mb_per_lang": args.mb}
@@ -285,7 +296,7 @@ def main() -> None:
         gen = generate(data, lang, args.mb, args.near_fraction, args.files, seed=7)
         planted = [json.loads(line) for line in open(args.out / f"planted_{lang}.jsonl", encoding="utf-8")]
         entry = {"corpus": gen}
-        runners = {"ours": lambda: run_ours(data, args.out / f"ours_{lang}", lang)}
+        runners = {"ours": lambda: run_ours(data, args.out / f"ours_{lang}", lang, args.set)}
         if not args.skip_datatrove:
             runners["datatrove"] = lambda: run_datatrove(data, args.out / f"datatrove_{lang}", lang, args.workers)
         for name, runner in runners.items():
