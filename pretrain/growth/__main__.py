@@ -150,6 +150,16 @@ def grow_into(previous: DictConfig, stage: Stage, cfg: DictConfig) -> DictConfig
     return grown
 
 
+def grown_block(stage_dir: Path) -> DictConfig:
+    """The ``growth`` block a grown stage was created with (its stage.yaml, else the grown
+    checkpoint's run_config.yaml — the earliest checkpoint of the stage)."""
+    saved = stage_dir / STAGE_CONFIG
+    if saved.is_file():
+        return OmegaConf.load(saved).growth
+    first = sorted((stage_dir / "checkpoints").glob("iter_*"))[0]
+    return OmegaConf.load(first / "run_config.yaml").growth
+
+
 def run(argv: list[str]) -> list[Path]:
     runner = runner_config(argv)
     stages = stage_configs(runner)
@@ -159,11 +169,11 @@ def run(argv: list[str]) -> list[Path]:
         stage_dir = Path(cfg.run_dir)
         stage_dirs.append(stage_dir)
         done = latest_iteration(stage_dir)
-        saved = stage_dir / STAGE_CONFIG
         if stage.grown and done is None:
             cfg = grow_into(previous, stage, cfg)
         elif stage.grown:  # resuming: the growth block (spec, start) was fixed when it grew
-            cfg.growth = OmegaConf.load(saved).growth
+            cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+            cfg.growth = grown_block(stage_dir)
         write_stage_config(cfg, stage_dir)
         done = latest_iteration(stage_dir)
         if done is None or done < int(cfg.train.train_iters):
