@@ -43,7 +43,9 @@ def build_optimizer(cfg: DictConfig, model_chunks: list):
     """
     config = optimizer_config_from(cfg)
     kwargs = {}
-    if OmegaConf.select(cfg, "model.mup.enabled", default=False):
+    # train.lr_matrix is one of the seven hyperparameters with or without μP: never ignore it.
+    if (OmegaConf.select(cfg, "model.mup.enabled", default=False)
+            or OmegaConf.select(cfg, "train.lr_matrix") is not None):
         from pretrain.mup import megatron_optimizer_kwargs
 
         kwargs = megatron_optimizer_kwargs(cfg, config, model_chunks)

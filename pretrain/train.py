@@ -25,8 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 from pretrain.checkpoint import CheckpointWriter, TrainProgress, load_checkpoint
 from pretrain.cpu_shims import activate_cpu_shims
 from pretrain.data import build_datasets, microbatches, read_manifest
+from pretrain.growth.masked import growth_block, ramp_for, set_ramp
 from pretrain.run_config import resolve_config, resolve_load_dir
 from pretrain.validate import validate
+
+# Grown stages (cfg.growth) train here with MSG masks; pretrain.growth's runner checks this.
+GROWTH_AWARE = True
 
 
 # ----------------------------------------------------------------------------
@@ -84,13 +88,16 @@ def build_model_chunks(cfg: DictConfig) -> list[torch.nn.Module]:
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.transformer.module import Float16Module
 
+    from pretrain.growth.masked import build_masked_model
     from pretrain.model import build_model
 
+    # A grown stage (cfg.growth, docs/growth.md) builds the MSG-masked model; same state dict.
+    builder = build_masked_model if growth_block(cfg) is not None else build_model
     vpp = cfg.parallel.virtual_pipeline_model_parallel_size or None
     chunks = []
     for vp in range(vpp or 1):
         vp_stage = vp if vpp else None
-        chunk = build_model(
+        chunk = builder(
             cfg,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
             post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
@@ -323,7 +330,10 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     wall_start = time.time()
     last_saved = progress.iteration if load_dir is not None else -1
 
+    growing = growth_block(cfg) is not None
     while progress.iteration < train_iters:
+        if growing:  # MSG mask value: a function of the iteration (resumes mid-ramp exactly)
+            set_ramp(model, ramp_for(cfg, progress.iteration))
         lr = reference_lr(scheduler, optimizer)  # the LR this step uses
         step_start = time.perf_counter()
         loss, grad_norm, updated = trainer.train_step(progress.consumed_samples)

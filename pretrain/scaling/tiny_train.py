@@ -74,37 +74,7 @@ def build_single_process_model(cfg: DictConfig) -> torch.nn.Module:
     from pretrain.scaling.local_world import ensure_single_process_world
 
     ensure_single_process_world(seed=int(cfg.train.seed))
-    model = build_model(cfg, pre_process=True, post_process=True)
-    if not _model_init_follows_mup():
-        _reinitialize_with_mup(model, cfg.model, seed=int(cfg.train.seed))
-    return model
-
-
-def _model_init_follows_mup() -> bool:
-    """True once ``pretrain.model.init_method_for`` delegates to ``pretrain.mup`` (it then
-    takes the parameter name, which the fan-in rule needs)."""
-    import inspect
-
-    from pretrain.model import init_method_for
-
-    return "global_name" in inspect.signature(init_method_for).parameters
-
-
-@torch.no_grad()
-def _reinitialize_with_mup(model: torch.nn.Module, model_cfg: DictConfig, seed: int) -> None:
-    """TP1 stand-in for the model's initialiser while it does not call the μP rules yet."""
-    generator = torch.Generator(device="cpu")
-    for index, (name, param) in enumerate(model.named_parameters()):
-        generator.manual_seed(seed * 1000 + index)
-        full = torch.empty(param.shape, dtype=torch.float32)
-        mup.initializer(model_cfg, mup.param_kind(name), name)(full, generator)
-        param.copy_(full.to(param.dtype))
-
-
-def num_parameters(model: torch.nn.Module, non_embedding: bool = True) -> int:
-    """Parameter count; ``non_embedding`` drops the input embedding (Kaplan et al.'s N)."""
-    return sum(p.numel() for name, p in model.named_parameters()
-               if not (non_embedding and "word_embeddings" in name))
+    return build_model(cfg, pre_process=True, post_process=True)
 
 
 @torch.no_grad()

@@ -1,9 +1,10 @@
-"""At TP2 the sharded model gets the μP rules of its global shapes: megatron optimizer group
-LRs (through config_overrides / scale_lr_cond) and the init std of gathered vector-like weights."""
+"""At TP2 the sharded model gets the μP rules of its global shapes: init std of the gathered
+weights and megatron optimizer group LRs (through config_overrides / scale_lr_cond)."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -28,5 +29,7 @@ def test_tp2_shards_follow_global_mup_rules():
     for name in ("embedding.word_embeddings.weight", "output_layer.weight", "decoder.final_layernorm.weight"):
         assert params[name]["max_lr"] == pytest.approx(1e-3)
         assert params[name]["lr_at_end"] == pytest.approx(1e-4)
+    assert qkv["full_std"] == pytest.approx(0.02 / math.sqrt(m), rel=0.03)
+    assert fc2["full_std"] == pytest.approx(0.02 / math.sqrt(4), rel=0.03)
     assert params["embedding.word_embeddings.weight"]["full_std"] == pytest.approx(0.01, rel=0.03)
     assert params["output_layer.weight"]["full_std"] == pytest.approx(0.02, rel=0.03)
