@@ -100,8 +100,10 @@ def build_datasets(cfg: DictConfig, manifest: dict[str, Any], cache_dir: Path) -
     weights = OmegaConf.to_container(cfg.data.weights) if cfg.data.get("weights") else None
     valid = heldout_blend(manifest) if train.eval_interval and train.eval_iters else None
     num_evals = train.train_iters // train.eval_interval + 1 if valid else 0
-    sizes = [train.train_iters * train.global_batch_size,
-             num_evals and train.eval_iters * train.global_batch_size, 0]
+    # data.train_samples (optional): one stream size for runs split into several trainer
+    # invocations (growth stages): megatron's sample order depends on the requested size.
+    train_samples = OmegaConf.select(cfg, "data.train_samples") or train.train_iters * train.global_batch_size
+    sizes = [int(train_samples), num_evals and train.eval_iters * train.global_batch_size, 0]
     dataset_config = GPTDatasetConfig(
         random_seed=int(train.seed),
         sequence_length=int(cfg.model.seq_length),
