@@ -51,7 +51,7 @@ def iter_records(data: str, text_key: str = "text") -> Iterator[dict]:
                         raise ValueError(f"{file}:{number}: not a record with a '{text_key}' field ({err})") from err
 
 
-def evaluate_hf_model(model_dir: str, data: str, max_len: int, batch_size: int,
+def evaluate_hf_model(model_dir: str, data: str, max_len: int | None, batch_size: int,
                       max_documents: int | None = None) -> dict[str, dict[str, Score]]:
     """Score every held-out document once, accumulating by language, by source and overall."""
     import torch
@@ -64,6 +64,8 @@ def evaluate_hf_model(model_dir: str, data: str, max_len: int, batch_size: int,
     if eod_id is None:
         raise ValueError(f"{model_dir}: the tokenizer has no eos token; BPB scoring needs it as the document separator")
     vocab = len(tokenizer)
+    # The trainer scores held-out text in windows of its sequence length; use the same by default.
+    max_len = int(max_len or model.config.max_position_embeddings)
 
     def logits_fn(ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids).logits

@@ -112,6 +112,18 @@ class RunMonitor:
             self._wandb.log({"eval_loss": loss}, step=step)
         self._print(f"step {step:>6} | held-out loss {loss:.4f}")
 
+    def log_heldout(self, step: int, results: dict[str, dict[str, dict]]) -> None:
+        """Per-language and per-source held-out loss/perplexity/BPB (pretrain.heldout_eval)."""
+        from pretrain.heldout_eval import format_table
+
+        self.event("heldout", step, **results)
+        if self._wandb is not None:
+            flat = {f"heldout/{metric}/{kind[3:]}/{name}": row[metric]
+                    for kind, rows in results.items() for name, row in rows.items()
+                    for metric in ("loss", "bpb") if row.get(metric) is not None}
+            self._wandb.log(flat, step=step)
+        self._print(f"step {step:>6} | held-out evaluation\n{format_table(results)}")
+
     def _print(self, line: str) -> None:
         if self._bar is not None and not self._bar.disable:
             self._bar.write(line, file=sys.stderr)
@@ -125,6 +137,7 @@ class RunMonitor:
         rows = read_metrics(self.run_dir)
         steps = [r for r in rows if "loss" in r and r.get("event") is None]
         evals = [r for r in rows if r.get("event") == "eval"]
+        heldout = [r for r in rows if r.get("event") == "heldout"]
         resumes = [r["step"] for r in rows if r.get("event") == "resume"]
         summary = {
             "run_dir": str(self.run_dir.resolve()),
@@ -132,6 +145,8 @@ class RunMonitor:
             "first_loss": steps[0]["loss"] if steps else None,
             "last_loss": steps[-1]["loss"] if steps else None,
             "last_eval_loss": evals[-1]["eval_loss"] if evals else None,
+            "heldout": ({k: heldout[-1][k] for k in ("step", "by_lang", "by_source") if k in heldout[-1]}
+                        if heldout else None),
             "tokens": steps[-1]["tokens"] if steps else 0,
             "consumed_samples": steps[-1]["consumed_samples"] if steps else 0,
             "wall_time_s": round(time.time() - self.wall_start, 2),

@@ -341,6 +341,23 @@ def _scale_output(multiplier: float):
     return hook
 
 
+def _mask_padded_vocab(first_padded_column: int):
+    """Give the vocabulary-padding columns of this TP shard's logits zero probability.
+
+    Padding ids are never targets, yet with plain logits they carry softmax
+    mass (their output rows start random and only slowly learn to be small),
+    so the loss would depend on the padding and differ from the exported
+    Hugging Face model, whose vocabulary is trimmed to the real tokens. With the
+    mask, training, held-out BPB and the export compute one distribution.
+    """
+    def hook(_module, _inputs, output):
+        logits = output[0] if isinstance(output, tuple) else output
+        logits = logits.clone()
+        logits[..., first_padded_column:] = float("-inf")
+        return (logits, *output[1:]) if isinstance(output, tuple) else logits
+    return hook
+
+
 def build_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = True,
                 vp_stage: int | None = None) -> GPTModel:
     """Build this rank's (pipeline stage's, virtual stage's) slice of Tele-FLM.
@@ -372,4 +389,11 @@ def build_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = 
     output_mult = logit_multiplier(m)
     if post_process and output_mult != 1.0:
         model.output_layer.register_forward_hook(_scale_output(output_mult))
+    real_vocab = int(m.vocab_size)
+    if post_process and real_vocab < vocab:
+        shard = vocab // tp
+        start = parallel_state.get_tensor_model_parallel_rank() * shard
+        first_padded = max(0, real_vocab - start)
+        if first_padded < shard:
+            model.output_layer.register_forward_hook(_mask_padded_vocab(first_padded))
     return model

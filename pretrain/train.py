@@ -26,6 +26,7 @@ from pretrain.checkpoint import CheckpointWriter, TrainProgress, load_checkpoint
 from pretrain.cpu_shims import activate_cpu_shims
 from pretrain.data import build_datasets, microbatches, read_manifest
 from pretrain.growth.masked import growth_block, ramp_for, set_ramp
+from pretrain.heldout_eval import HeldoutEvaluator, eval_forward_step
 from pretrain.run_config import resolve_config, resolve_load_dir
 from pretrain.validate import validate
 
@@ -317,6 +318,19 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     datasets = build_datasets(cfg, manifest, run_dir / "data_cache")
     trainer = Trainer(cfg, model, optimizer, scheduler, datasets)
     writer = CheckpointWriter(cfg, cfg, async_save=bool(cfg.checkpoint.async_save))
+    heldout = HeldoutEvaluator(manifest, int(cfg.model.seq_length), int(cfg.train.micro_batch_size),
+                               cfg.train.get("heldout_max_documents"))
+    bpb_interval = int(cfg.train.get("bpb_interval") or 0)
+
+    def evaluate_heldout() -> None:
+        """Whole held-out documents by language and source: loss, perplexity, bits per byte."""
+        if heldout.empty:
+            return
+        with params_synced:
+            results = heldout.evaluate(trainer.forward_backward, model, eval_forward_step)
+        if monitor is not None:
+            monitor.log_heldout(progress.iteration, results)
+
     preemption = preemption_flag()
 
     t = cfg.train
@@ -362,6 +376,8 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
                 eval_loss = trainer.evaluate()
             if monitor is not None:
                 monitor.log_eval(progress.iteration, eval_loss)
+        if bpb_interval and progress.iteration % bpb_interval == 0 and progress.iteration < train_iters:
+            evaluate_heldout()
         preempted = preemption is not None and preemption.should_save_and_exit_all_ranks()
         if (save_interval and progress.iteration % save_interval == 0) or preempted \
                 or progress.iteration == train_iters:
@@ -376,6 +392,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     if last_saved != progress.iteration:
         with params_synced:
             writer.save(model, optimizer, scheduler, progress)
+    evaluate_heldout()
     writer.close()
     summary = None
     if monitor is not None:
