@@ -77,6 +77,12 @@ def build_single_process_model(cfg: DictConfig) -> torch.nn.Module:
     return build_model(cfg, pre_process=True, post_process=True)
 
 
+def num_parameters(model: torch.nn.Module, non_embedding: bool = True) -> int:
+    """Parameter count; ``non_embedding`` drops the input embedding (Kaplan et al.'s N)."""
+    return sum(p.numel() for name, p in model.named_parameters()
+               if not (non_embedding and "word_embeddings" in name))
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     model.eval()
