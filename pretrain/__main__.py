@@ -50,7 +50,8 @@ def print_summary(summary: dict) -> None:
     print(f"steps {summary['steps']} | loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}"
           + (f" | held-out {summary['last_eval_loss']:.4f}" if summary.get("last_eval_loss") else "")
           + f" | {summary['tokens']:,} tokens | {summary['wall_time_s']:.1f} s this run")
-    print(f"checkpoints: {', '.join(summary['checkpoints'])}  (latest: {summary['run_dir']}/checkpoints/latest)")
+    ckpt_dir = "checkpoints_ds" if summary.get("backend") == "deepspeed" else "checkpoints"
+    print(f"checkpoints: {', '.join(summary['checkpoints'])}  (latest: {summary['run_dir']}/{ckpt_dir}/latest)")
 
 
 @hydra.main(config_path="../configs", config_name="pretrain", version_base=None)
@@ -65,6 +66,18 @@ def main(cfg: DictConfig) -> None:
         sys.exit(relaunch_locally(world_size, overrides))
     from pretrain.train import run, shutdown
 
+    if cfg.get("backend", "megatron") == "deepspeed":
+        from pretrain.ds_backend import run_deepspeed
+
+        summary = run_deepspeed(cfg)
+        if summary is not None:
+            print_summary(summary)
+        shutdown()
+        # DeepSpeed workers may abort at interpreter exit ("terminate called without an
+        # active exception"): the process group is gone, leave without the teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     summary = run(cfg)
     if summary is not None:
         print_summary(summary)

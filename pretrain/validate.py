@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 LR_DECAY_STYLES = ("cosine", "wsd", "constant")
 RECOMPUTE = ("none", "selective", "full")
-BACKENDS = ("megatron",)  # a DeepSpeed (ZeRO) backend is planned, not implemented
+BACKENDS = ("megatron", "deepspeed")  # deepspeed: pretrain/ds_backend.py
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -159,8 +159,9 @@ def data_errors(cfg: DictConfig, manifest: dict | None) -> list[str]:
 def misc_errors(cfg: DictConfig) -> list[str]:
     errors = []
     if _sel(cfg, "backend", "megatron") not in BACKENDS:
-        errors.append(f"backend={cfg.backend!r}: this trainer implements {BACKENDS} only "
-                      "(the DeepSpeed backend is not built yet): set backend=megatron")
+        errors.append(f"backend={cfg.backend!r}: use one of {BACKENDS}")
+    if _sel(cfg, "backend", "megatron") == "deepspeed":
+        errors += deepspeed_errors(cfg)
     mode = _sel(cfg, "logging.wandb.mode", "offline")
     if mode not in WANDB_MODES:
         errors.append(f"logging.wandb.mode={mode!r}: use one of {WANDB_MODES}")
@@ -168,6 +169,28 @@ def misc_errors(cfg: DictConfig) -> list[str]:
         errors.append("model.seq_length must be >= 1")
     if int(_sel(cfg, "checkpoint.keep_last", 1)) < 1:
         errors.append("checkpoint.keep_last must be >= 1 (the latest checkpoint is always kept)")
+    return errors
+
+
+def deepspeed_errors(cfg: DictConfig) -> list[str]:
+    """backend=deepspeed (pretrain/ds_backend.py): ZeRO over a TP x DP grid, no pipeline."""
+    errors = []
+    pp = int(_sel(cfg, "parallel.pipeline_model_parallel_size", 1))
+    if pp != 1:
+        errors.append(f"parallel.pipeline_model_parallel_size={pp}: backend=deepspeed runs PP=1 only "
+                      "(TP x DP with ZeRO); set it to 1 or use backend=megatron for pipelining")
+    if _sel(cfg, "parallel.virtual_pipeline_model_parallel_size"):
+        errors.append("parallel.virtual_pipeline_model_parallel_size must be null with backend=deepspeed")
+    stage = _sel(cfg, "deepspeed.zero_stage", 1)
+    if str(stage) not in ("0", "1", "2", "3"):
+        errors.append(f"deepspeed.zero_stage={stage!r}: use 0, 1, 2 or 3")
+    offload = str(_sel(cfg, "deepspeed.offload_optimizer", "none"))
+    if offload not in ("none", "cpu"):
+        errors.append(f"deepspeed.offload_optimizer={offload!r}: use none or cpu")
+    elif offload == "cpu" and str(stage) == "0":
+        errors.append("deepspeed.offload_optimizer=cpu needs deepspeed.zero_stage >= 1")
+    if _sel(cfg, "growth") is not None:
+        errors.append("growth stages (cfg.growth) run on backend=megatron only")
     return errors
 
 
