@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,6 +96,8 @@ class TrainProgress:
     iteration: int = 0
     consumed_samples: int = 0
     tokens: int = 0
+    # Loop state beyond the data position (spike guard: skipped sample ranges, detector window).
+    trainer_state: dict = field(default_factory=dict)
 
 
 def current_layout(cfg: DictConfig) -> dict[str, int]:
@@ -148,6 +150,7 @@ def sharded_state(model_chunks: list, optimizer, scheduler, progress: TrainProgr
     state["iteration"] = progress.iteration
     state["consumed_samples"] = progress.consumed_samples
     state["tokens"] = progress.tokens
+    state["trainer_state"] = progress.trainer_state
     state["scheduler"] = scheduler.state_dict() if scheduler is not None else None
     state["layout"] = current_layout(cfg)
     return state
@@ -307,7 +310,8 @@ def load_checkpoint(directory: Path, model_chunks: list, optimizer, scheduler,
         _restore_rng_state(state["rng_state"])
     return TrainProgress(iteration=int(state["iteration"]),
                          consumed_samples=int(state["consumed_samples"]),
-                         tokens=int(state.get("tokens", 0)))
+                         tokens=int(state.get("tokens", 0)),
+                         trainer_state=dict(state.get("trainer_state") or {}))
 
 
 def load_model_for_inference(checkpoint_dir: str | Path, dtype: torch.dtype = torch.float32):

@@ -194,3 +194,137 @@ def agree(flag: bool) -> bool:
         tensor = tensor.cuda()
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item() > 0)
+
+
+# ----------------------------------------------------------------------------
+# Runtime glue for pretrain/train.py: config, fault injection, skip ranges, the events log
+# ----------------------------------------------------------------------------
+
+# Set by the trainer for the duration of one step; read by train.loss_func / forward_step.
+FAULT_NOW: str | None = None
+FAULT_KINDS = ("none", "nan", "lr_spike", "corrupt_batch")
+LR_SPIKE_FACTOR = 1000.0
+
+
+class SpikeStop(RuntimeError):
+    """Raised on every rank when the recovery budget is spent; the run exits non-zero."""
+
+
+def spike_config_from(cfg) -> SpikeConfig:
+    """``train.spikes`` (minus ``replay_skips``) -> SpikeConfig; missing block: defaults."""
+    from omegaconf import OmegaConf
+
+    block = OmegaConf.select(cfg, "train.spikes")
+    values = OmegaConf.to_container(block, resolve=True) if block is not None else {}
+    values.pop("replay_skips", None)
+    if "policies" in values:
+        values["policies"] = tuple(values["policies"] or ())
+    return SpikeConfig(**values)
+
+
+def load_skip_ranges(spec) -> list[list[int]]:
+    """``train.spikes.replay_skips``: a spikes.jsonl path (its ``skipped_samples``) or [[start, end), ...]."""
+    import json
+    from pathlib import Path
+
+    if spec is None or spec == "":
+        return []
+    if isinstance(spec, str):
+        ranges = []
+        for line in Path(spec).read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if row.get("skipped_samples"):
+                    ranges.append([int(row["skipped_samples"][0]), int(row["skipped_samples"][1])])
+        return sorted(ranges)
+    return sorted([int(a), int(b)] for a, b in spec)
+
+
+class SpikeGuard:
+    """Per-run state the loop carries: detector, planner, fault, LR scale, skipped sample ranges."""
+
+    def __init__(self, cfg, run_dir, rank: int) -> None:
+        from omegaconf import OmegaConf
+
+        self.config = spike_config_from(cfg)
+        self.detecting = bool(self.config.enabled)
+        self.detector = SpikeDetector(self.config)
+        self.planner = RecoveryPlanner(self.config)
+        self.replay = load_skip_ranges(OmegaConf.select(cfg, "train.spikes.replay_skips"))
+        kind = str(OmegaConf.select(cfg, "train.fault.kind") or "none")
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"train.fault.kind: {kind!r} is not one of {FAULT_KINDS}")
+        self.fault_kind, self.fault_step = kind, int(OmegaConf.select(cfg, "train.fault.step") or 0)
+        self.fault_fired = False
+        self.skipped: list[list[int]] = []     # [start, end) sample ranges this run never trained on
+        self.lr_scale_until = 0                # steps < this (1-based iteration) run at lr_factor
+        self.recoveries = 0
+        self.rank = rank
+        self.log_path = None if run_dir is None else __import__("pathlib").Path(run_dir) / "spikes.jsonl"
+        self._lr_touched = False
+
+    # -- state carried in checkpoints ------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"detector": self.detector.state_dict(), "planner": self.planner.state_dict(),
+                "skipped": [list(r) for r in self.skipped], "lr_scale_until": self.lr_scale_until,
+                "fault_fired": self.fault_fired, "recoveries": self.recoveries}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if not state:
+            return
+        self.detector = SpikeDetector(self.config)
+        self.detector.load_state_dict(state.get("detector", {}))
+        self.planner.load_state_dict(state.get("planner", {}))
+        self.skipped = [list(r) for r in state.get("skipped", [])]
+        self.lr_scale_until = int(state.get("lr_scale_until", 0))
+        self.fault_fired = bool(state.get("fault_fired", False))
+        self.recoveries = int(state.get("recoveries", 0))
+
+    # -- per step --------------------------------------------------------------------
+    def replay_position(self, consumed: int) -> tuple[int, list[int] | None]:
+        """Jump over a replayed skip range that starts at (or contains) ``consumed``."""
+        for start, end in self.replay:
+            if start <= consumed < end:
+                return end, [start, end]
+        return consumed, None
+
+    def begin_step(self, iteration: int) -> str | None:
+        """Arm the fault for 1-based step ``iteration``; returns its kind when it fires."""
+        global FAULT_NOW
+        FAULT_NOW = None
+        if self.fault_kind != "none" and not self.fault_fired and iteration == self.fault_step:
+            self.fault_fired = True
+            FAULT_NOW = self.fault_kind
+        return FAULT_NOW
+
+    def end_step(self) -> None:
+        global FAULT_NOW
+        FAULT_NOW = None
+
+    def apply_lr(self, optimizer, scheduler, iteration: int) -> float:
+        """Recompute the scheduled LRs, then scale every group (μP ratios kept); returns the factor."""
+        factor = 1.0
+        if iteration < self.lr_scale_until:
+            factor *= self.config.lr_factor
+        if FAULT_NOW == "lr_spike":
+            factor *= LR_SPIKE_FACTOR
+        if factor != 1.0 or self._lr_touched:
+            scheduler.step(increment=0)       # back to the schedule's values
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
+            self._lr_touched = factor != 1.0
+        return factor
+
+    def judge(self, iteration: int, loss: float, grad_norm: float | None) -> tuple[Verdict, Action]:
+        verdict = self.detector.observe(loss, grad_norm) if self.detecting else Verdict(Signal.NONE)
+        if agree(verdict.flagged) and not verdict.flagged:
+            verdict = Verdict(Signal.LOSS_SPIKE, "flagged on another rank")
+        return verdict, self.planner.decide(iteration, verdict)
+
+    def log(self, row: dict) -> None:
+        import json
+        import time
+
+        if self.rank == 0 and self.log_path is not None:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps({"time": time.time(), **row}) + "\n")

@@ -28,6 +28,7 @@ from pretrain.data import build_datasets, microbatches, read_manifest
 from pretrain.growth.masked import growth_block, ramp_for, set_ramp
 from pretrain.heldout_eval import HeldoutEvaluator, eval_forward_step
 from pretrain.run_config import resolve_config, resolve_load_dir
+from pretrain import spikes
 from pretrain.validate import validate
 
 # Grown stages (cfg.growth) train here with MSG masks; pretrain.growth's runner checks this.
@@ -114,7 +115,8 @@ def build_model_chunks(cfg: DictConfig) -> list[torch.nn.Module]:
         overlap_grad_reduce=bool(cfg.train.overlap_grad_reduce),
         overlap_param_gather=bool(cfg.train.overlap_param_gather) and bool(cfg.parallel.use_distributed_optimizer),
         use_distributed_optimizer=bool(cfg.parallel.use_distributed_optimizer),
-        check_for_nan_in_grad=True,
+        # With spike recovery on, a NaN gradient is a handled event (skip/rollback), not a crash.
+        check_for_nan_in_grad=not spikes.spike_config_from(cfg).enabled,
     )
     wrapped = [DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk,
                                        disable_bucketing=i > 0)
@@ -164,6 +166,8 @@ class ParamsSynced:
 def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     """(sum of token losses, token count, report) — megatron averages per token."""
     losses = output_tensor.float()
+    if spikes.FAULT_NOW == "nan":  # train.fault.kind=nan (docs/spikes.md)
+        losses = losses * float("nan")
     loss_mask = loss_mask.float()
     loss_sum = torch.sum(losses.view(-1) * loss_mask.view(-1))
     num_tokens = loss_mask.sum().to(torch.int)
@@ -173,6 +177,10 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 def forward_step(data_iterator: Iterator, model: torch.nn.Module):
     batch = {k: v.to(device(), non_blocking=True) for k, v in next(data_iterator).items()}
+    if spikes.FAULT_NOW == "corrupt_batch":  # garbage tokens and targets, same on every rank
+        gen = torch.Generator().manual_seed(0)
+        for key in ("tokens", "labels"):
+            batch[key] = torch.randint(3, 64, batch[key].shape, generator=gen).to(batch[key])
     output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
     return output, partial(loss_func, batch["loss_mask"])
 
@@ -188,6 +196,16 @@ def reduce_losses(losses: list[dict]) -> float:
             total += item["lm loss"].to(total)
     dist.all_reduce(total)
     return (total[0] / total[1].clamp(min=1)).item()
+
+
+class _Wrapping:
+    """Sample indices past the planned stream (after spike data skips) wrap to its start."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, index: int):
+        return self.dataset[index % len(self.dataset)]
 
 
 class Trainer:
@@ -211,18 +229,28 @@ class Trainer:
         return [microbatches(dataset, consumed, self.micro_batch_size, self.num_microbatches,
                              self.dp_rank, self.dp_size) for _ in self.model]
 
-    def train_step(self, consumed_samples: int) -> tuple[float, float, bool]:
+    def train_step(self, consumed_samples: int, guard=None, iteration: int = 0) -> tuple[float, float, bool]:
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
         losses = self.forward_backward(
-            forward_step_func=forward_step, data_iterator=self._iterators(self.datasets.train, consumed_samples),
+            forward_step_func=forward_step,
+            data_iterator=self._iterators(_Wrapping(self.datasets.train), consumed_samples),
             model=self.model, num_microbatches=self.num_microbatches, seq_length=self.seq_length,
             micro_batch_size=self.micro_batch_size, forward_only=False)
+        loss = reduce_losses(losses)
+        self.verdict, self.action = None, spikes.Action.CONTINUE
+        if guard is not None and guard.detecting:
+            # Judge before stepping: the global grad norm of the unclipped grads, then step or drop them.
+            found_inf = self.optimizer.prepare_grads()
+            norm = float("nan") if found_inf else self.optimizer.get_grad_norm()
+            self.verdict, self.action = guard.judge(iteration, loss, float(norm) if norm is not None else None)
+            if self.action is not spikes.Action.CONTINUE:
+                return loss, float(norm) if norm is not None else float("nan"), False
         updated, grad_norm, _ = self.optimizer.step()
         if updated:
             self.scheduler.step(increment=1)
-        return reduce_losses(losses), float(grad_norm) if grad_norm is not None else float("nan"), updated
+        return loss, float(grad_norm) if grad_norm is not None else float("nan"), updated
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -310,8 +338,10 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     params_synced = ParamsSynced(model, bool(cfg.train.overlap_param_gather and cfg.parallel.use_distributed_optimizer))
 
     progress = TrainProgress()
+    guard = spikes.SpikeGuard(cfg, run_dir, rank)
     if load_dir is not None:
         progress = load_checkpoint(load_dir, model, optimizer, scheduler, cfg)
+        guard.load_state_dict(getattr(progress, "trainer_state", None) and progress.trainer_state.get("spikes"))
         if rank == 0:
             print(f"resumed from {load_dir} at step {progress.iteration} "
                   f"({progress.consumed_samples} samples consumed)", flush=True)
@@ -348,9 +378,22 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     while progress.iteration < train_iters:
         if growing:  # MSG mask value: a function of the iteration (resumes mid-ramp exactly)
             set_ramp(model, ramp_for(cfg, progress.iteration))
-        lr = reference_lr(scheduler, optimizer)  # the LR this step uses
+        progress.consumed_samples, replayed = guard.replay_position(progress.consumed_samples)
+        if replayed is not None:
+            guard.skipped.append(replayed)
+            spike_event(monitor, guard, "replay_skip", progress.iteration + 1, skipped_samples=replayed)
+        fault = guard.begin_step(progress.iteration + 1)
+        lr_factor = guard.apply_lr(optimizer, scheduler, progress.iteration + 1)
+        lr = reference_lr(scheduler, optimizer) * lr_factor  # the LR this step uses
         step_start = time.perf_counter()
-        loss, grad_norm, updated = trainer.train_step(progress.consumed_samples)
+        loss, grad_norm, updated = trainer.train_step(progress.consumed_samples, guard, progress.iteration + 1)
+        guard.end_step()
+        if fault is not None:
+            spike_event(monitor, guard, "fault", progress.iteration + 1, kind=fault, loss=loss, grad_norm=grad_norm)
+        if trainer.action is not spikes.Action.CONTINUE:
+            last_saved = recover(trainer.action, trainer.verdict, progress, guard, monitor, writer, model,
+                                 optimizer, scheduler, cfg, last_saved, loss, grad_norm)
+            continue
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         step_time = time.perf_counter() - step_start
@@ -381,6 +424,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         preempted = preemption is not None and preemption.should_save_and_exit_all_ranks()
         if (save_interval and progress.iteration % save_interval == 0) or preempted \
                 or progress.iteration == train_iters:
+            progress.trainer_state = {"spikes": guard.state_dict()}
             with params_synced:
                 path = writer.save(model, optimizer, scheduler, progress)
             last_saved = progress.iteration
@@ -390,6 +434,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             writer.close()
             preemption.exit_for_requeue()
     if last_saved != progress.iteration:
+        progress.trainer_state = {"spikes": guard.state_dict()}
         with params_synced:
             writer.save(model, optimizer, scheduler, progress)
     evaluate_heldout()
@@ -401,6 +446,85 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         summary = monitor.finish([p.name for p in list_checkpoints(run_dir)])
     dist.barrier()
     return summary
+
+
+def spike_event(monitor, guard, name: str, step: int, **fields) -> None:
+    """One spike-related event: spikes.jsonl, metrics.jsonl (event row) and W&B."""
+    fields = {k: (v.value if isinstance(v, spikes.Enum) else v) for k, v in fields.items()}
+    guard.log({"event": name, "step": step, **fields})
+    if monitor is not None:
+        monitor.event(name, step, **fields)
+        wandb = getattr(monitor, "_wandb", None)
+        if wandb is not None:
+            wandb.log({f"spikes/{name}": 1, **{f"spikes/{k}": v for k, v in fields.items()
+                                             if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+
+
+def _rollback_target(run_dir: Path, spike_step: int, before: int) -> tuple[Path | None, str]:
+    from pretrain.checkpoint import list_checkpoints
+
+    found = [(int(p.name.split("_")[-1]), p) for p in list_checkpoints(run_dir)]
+    found = [(i, p) for i, p in found if i < spike_step]
+    if not found:
+        return None, "no checkpoint before the spike"
+    good = [(i, p) for i, p in found if i <= spike_step - before]
+    if good:
+        return good[-1][1], f"newest checkpoint at least {before} steps before the spike"
+    return found[0][1], f"no checkpoint {before} steps before the spike: the oldest kept one"
+
+
+def recover(action, verdict, progress, guard, monitor, writer, model, optimizer, scheduler, cfg,
+            last_saved: int, loss: float, grad_norm: float) -> int:
+    """Carry out the planner's action for a flagged step (no update was applied); returns last_saved."""
+    from pretrain.checkpoint import checkpoint_name, checkpoints_root, write_latest_marker
+
+    step = progress.iteration + 1
+    gbs = int(cfg.train.global_batch_size)
+    batch = [progress.consumed_samples, progress.consumed_samples + gbs]
+    common = dict(signal=verdict.signal, detail=verdict.detail, action=action, loss=loss, grad_norm=grad_norm)
+    if action is spikes.Action.STOP:
+        message = (f"loss-spike recovery gave up at step {step}: {verdict.signal.value} ({verdict.detail}); "
+                   f"{len(guard.planner.events)} flagged steps within {guard.config.recovery_window} steps "
+                   f"(max_recoveries={guard.config.max_recoveries}). Look at {Path(cfg.run_dir) / 'spikes.jsonl'}, "
+                   f"the data around samples {batch}, the LR schedule and the grad norms in metrics.jsonl.")
+        spike_event(monitor, guard, "spike_stop", step, samples=batch, message=message, **common)
+        writer.close()
+        raise spikes.SpikeStop(message)
+    guard.recoveries += 1
+    if action is spikes.Action.ROLLBACK:
+        writer.wait()
+        dist.barrier()
+        run_dir = Path(cfg.run_dir)
+        target, why = _rollback_target(run_dir, step, guard.config.rollback_steps_before)
+        if target is not None:
+            loaded = load_checkpoint(target, model, optimizer, scheduler, cfg)
+            resume_at = batch[1] + guard.config.skip_batches * gbs
+            skipped = [loaded.consumed_samples, resume_at]
+            guard.skipped.append(skipped)
+            dist.barrier()
+            if dist.get_rank() == 0:  # the abandoned trajectory's later checkpoints step aside
+                abandoned = run_dir / "checkpoints_abandoned" / f"spike_step{step}"
+                for later in checkpoints_root(run_dir).glob("iter_*"):
+                    if int(later.name.split("_")[-1]) > loaded.iteration:
+                        abandoned.mkdir(parents=True, exist_ok=True)
+                        later.rename(abandoned / later.name)
+                write_latest_marker(run_dir, loaded.iteration)
+            dist.barrier()
+            spike_event(monitor, guard, "spike_rollback", step, samples=batch, checkpoint=target.name,
+                        checkpoint_iteration=loaded.iteration, why=why, skipped_samples=skipped,
+                        tokens_skipped=(skipped[1] - skipped[0]) * int(cfg.model.seq_length), **common)
+            progress.iteration, progress.tokens = loaded.iteration, loaded.tokens
+            progress.consumed_samples = resume_at
+            return loaded.iteration
+        common["detail"] += f"; rollback impossible ({why}): update skipped instead"
+        action = spikes.Action.SKIP_UPDATE
+    if action is spikes.Action.LOWER_LR:
+        guard.lr_scale_until = step + guard.config.lr_steps
+    guard.skipped.append(batch)
+    progress.consumed_samples = batch[1]
+    spike_event(monitor, guard, "spike_" + action.value, step, samples=batch, skipped_samples=batch,
+                lr_scale_until=guard.lr_scale_until, **common)
+    return last_saved
 
 
 def shutdown() -> None:
