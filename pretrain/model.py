@@ -341,6 +341,13 @@ def _scale_output(multiplier: float):
     return hook
 
 
+def _shrink_embedding_grad(alpha: float):
+    """GLM-130B embedding gradient shrink: e = α·e + (1−α)·e.detach() (same value, α× the gradient)."""
+    def hook(_module, _inputs, output):
+        return output * alpha + output.detach() * (1.0 - alpha)
+    return hook
+
+
 def _mask_padded_vocab(first_padded_column: int):
     """Give the vocabulary-padding columns of this TP shard's logits zero probability.
 
@@ -386,6 +393,9 @@ def build_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = 
     input_mult = float(_get(m, "input_mult", 1.0))
     if pre_process and input_mult != 1.0:
         model.embedding.register_forward_hook(_scale_output(input_mult))
+    shrink = float(_get(m, "embedding_grad_shrink", 1.0))  # 1.0: off (docs/spikes.md)
+    if pre_process and shrink != 1.0:
+        model.embedding.register_forward_hook(_shrink_embedding_grad(shrink))
     output_mult = logit_multiplier(m)
     if post_process and output_mult != 1.0:
         model.output_layer.register_forward_hook(_scale_output(output_mult))
