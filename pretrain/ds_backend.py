@@ -20,6 +20,7 @@ need megatron's SP all-reduce, which DeepSpeed does not do).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -333,5 +334,8 @@ def run_deepspeed(cfg: DictConfig) -> dict[str, Any] | None:
     if monitor is not None:
         summary = monitor.finish([p.name for p in list_ds_checkpoints(run_dir)])
         summary["backend"] = "deepspeed"
+        from pretrain.metrics import SUMMARY
+
+        (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     dist.barrier()
     return summary
