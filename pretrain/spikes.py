@@ -328,3 +328,51 @@ class SpikeGuard:
         if self.rank == 0 and self.log_path is not None:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps({"time": time.time(), **row}) + "\n")
+
+
+# ----------------------------------------------------------------------------
+# z-loss (PaLM): coefficient · log²Z per token, Z over the whole (vocab-parallel) vocabulary
+# ----------------------------------------------------------------------------
+
+def log_z(logits, tp_group=None):
+    """log Σ_v exp(logit_v) per token for [s, b, v/tp] vocab-parallel logits -> [b, s].
+
+    The max is all-reduced (MAX, no gradient needed: log Z does not depend on it) and the
+    sum of exponentials is summed over the TP group with megatron's differentiable
+    reduce (forward all-reduce, backward identity), so the result and its gradient
+    equal the TP1 logsumexp.
+    """
+    import torch
+    import torch.distributed as dist
+
+    lf = logits.float()
+    m = lf.detach().max(dim=-1, keepdim=True).values
+    tp = dist.get_world_size(tp_group) if tp_group is not None else 1
+    if tp > 1:
+        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=tp_group)
+    sumexp = torch.exp(lf - m).sum(dim=-1)
+    if tp > 1:
+        from megatron.core.tensor_parallel.mappings import reduce_from_tensor_model_parallel_region
+        sumexp = reduce_from_tensor_model_parallel_region(sumexp)
+    return (m.squeeze(-1) + torch.log(sumexp)).transpose(0, 1).contiguous()
+
+
+class ZLossTap:
+    """Forward hook on the output layer: stashes log Z of each training microbatch for loss_func."""
+
+    def __init__(self) -> None:
+        self.pending: list = []
+
+    def __call__(self, module, _inputs, output):
+        if module.training:
+            from megatron.core import parallel_state
+
+            logits = output[0] if isinstance(output, tuple) else output
+            group = parallel_state.get_tensor_model_parallel_group() \
+                if parallel_state.get_tensor_model_parallel_world_size() > 1 else None
+            self.pending.append(log_z(logits, group))
+        return None
+
+
+Z_LOSS_TAP = ZLossTap()
+Z_LOSS_COEFF = 0.0

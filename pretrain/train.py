@@ -123,6 +123,12 @@ def build_model_chunks(cfg: DictConfig) -> list[torch.nn.Module]:
                for i, chunk in enumerate(chunks)]
     for chunk in wrapped:
         chunk.broadcast_params()
+    if float(cfg.train.get("z_loss") or 0.0) > 0:  # PaLM z-loss: tap log Z off the (last hooked) logits
+        spikes.Z_LOSS_COEFF = float(cfg.train.z_loss)
+        for chunk in chunks:
+            inner = chunk.module if isinstance(chunk, Float16Module) else chunk
+            if getattr(inner, "post_process", False):
+                inner.output_layer.register_forward_hook(spikes.Z_LOSS_TAP)
     return wrapped
 
 
@@ -171,7 +177,10 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     loss_mask = loss_mask.float()
     loss_sum = torch.sum(losses.view(-1) * loss_mask.view(-1))
     num_tokens = loss_mask.sum().to(torch.int)
-    report = torch.stack([loss_sum.detach().clone(), loss_mask.sum().detach()])
+    report = torch.stack([loss_sum.detach().clone(), loss_mask.sum().detach()])  # CE only
+    if spikes.Z_LOSS_TAP.pending:  # train.z_loss > 0, training forward
+        z = spikes.Z_LOSS_TAP.pending.pop(0)
+        loss_sum = loss_sum + spikes.Z_LOSS_COEFF * torch.sum(z.view(-1) ** 2 * loss_mask.view(-1))
     return loss_sum, num_tokens, {"lm loss": report}
 
 
@@ -497,6 +506,7 @@ def recover(action, verdict, progress, guard, monitor, writer, model, optimizer,
         run_dir = Path(cfg.run_dir)
         target, why = _rollback_target(run_dir, step, guard.config.rollback_steps_before)
         if target is not None:
+            scheduler.num_steps = 0  # megatron's scheduler load *adds* the saved step count
             loaded = load_checkpoint(target, model, optimizer, scheduler, cfg)
             resume_at = batch[1] + guard.config.skip_batches * gbs
             skipped = [loaded.consumed_samples, resume_at]

@@ -38,6 +38,7 @@ SCENARIOS: list[tuple[str, list[str]]] = [
     ("corrupt_batch", ["train.fault.kind=corrupt_batch", "train.fault.step=24"]),
     ("lr_spike", ["train.fault.kind=lr_spike", "train.fault.step=15"]),
     ("replay", ["train.spikes.replay_skips=${oc.env:REPLAY_FROM}"]),
+    ("zloss", ["train.z_loss=1e-4"]),
     ("stop", ["train.fault.kind=nan", "train.fault.step=12", "train.spikes.max_recoveries=0"]),
 ]
 
@@ -80,9 +81,31 @@ def main() -> None:
                 "spikes": read_rows(run_dir / "spikes.jsonl"), "stopped": stopped,
                 "wall_s": round(time.time() - started, 1)}
             print(f"scenario {name}: {results[name]['wall_s']} s, stopped={stopped is not None}", flush=True)
+    results["zloss_tp2"] = check_log_z_tp2()
     if dist.get_rank() == 0:
         (work_dir / "results.json").write_text(json.dumps(results))
     shutdown()
+
+
+def check_log_z_tp2() -> dict:
+    """log Z and its gradient from TP2 vocab shards vs the TP1 logsumexp of the full logits."""
+    import torch
+    from megatron.core import parallel_state
+
+    from pretrain.spikes import log_z
+
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=2)
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    full = torch.randn(5, 3, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 4
+    ref = full.clone().requires_grad_(True)
+    (torch.logsumexp(ref, dim=-1).transpose(0, 1) ** 2).sum().backward()
+    shard = full[..., rank * 32:(rank + 1) * 32].clone().requires_grad_(True)
+    z = log_z(shard, parallel_state.get_tensor_model_parallel_group())
+    (z ** 2).sum().backward()
+    out = {"value_err": float((z - torch.logsumexp(full, -1).transpose(0, 1)).abs().max()),
+           "grad_err": float((shard.grad - ref.grad[..., rank * 32:(rank + 1) * 32]).abs().max())}
+    parallel_state.destroy_model_parallel()
+    return out
 
 
 if __name__ == "__main__":

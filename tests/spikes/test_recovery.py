@@ -103,6 +103,24 @@ def test_max_recoveries_stops_with_a_message(runs):
     assert max(map(int, run["losses"])) == 11
 
 
+@pytest.mark.multiproc
+def test_z_loss_tp2_matches_tp1_and_trains(runs):
+    assert runs["zloss_tp2"]["value_err"] < 1e-5 and runs["zloss_tp2"]["grad_err"] < 1e-5  # log Z in fp32
+    z, clean = runs["zloss"]["losses"], runs["clean"]["losses"]
+    assert z["1"] == clean["1"]                      # reported loss is the CE only
+    assert z[str(STEPS)] != clean[str(STEPS)]        # the extra term changed the updates
+    assert abs(z[str(STEPS)] - clean[str(STEPS)]) < FINAL_LOSS_TOLERANCE
+
+
+def test_log_z_single_process_is_logsumexp():
+    import torch
+
+    from pretrain.spikes import log_z
+
+    logits = torch.randn(4, 2, 10, dtype=torch.float64) * 5
+    torch.testing.assert_close(log_z(logits), torch.logsumexp(logits, -1).transpose(0, 1))
+
+
 # ----------------------------------------------------------------------------
 # Single process
 # ----------------------------------------------------------------------------
