@@ -3,8 +3,8 @@
 One megatron-backend reference run (DP2, 10 steps) and three DeepSpeed runs
 against it: ZeRO-1 DP2, ZeRO-2 TP2 (megatron TP model through the mpu adapter,
 DP1) with the optimizer offloaded to CPU, and ZeRO-3 DP2 trained 5 steps then
-resumed to 10.  Measured on CPU/fp32: every DP2 step's loss equals megatron's
-within 2.4e-7 (ZeRO-1/2/3, resume included).
+resumed to 10.  Measured on CPU/fp32: every step's loss equals megatron DP2's
+within 1.2e-7 (ZeRO-1: 0; ZeRO-2 TP2 + offload, ZeRO-3 5+5 resume: 1.2e-7).
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ def test_zero2_tp2_through_the_mpu_adapter_with_cpu_offload(work, megatron_losse
            "deepspeed.offload_optimizer=cpu", "train.train_iters=6")
     got = losses(run_dir)
     assert sorted(got) == list(range(1, 7))
-    # Same initial weights, sharded over TP: step 1 is the same forward pass.
-    assert abs(got[1] - megatron_losses[1]) < 1e-4
+    # Same initial weights sharded over TP, same data and schedule: tracks megatron DP2.
+    assert abs(got[1] - megatron_losses[1]) < 1e-5
+    assert max(abs(got[s] - megatron_losses[s]) for s in got) < 1e-5  # measured 1.2e-7
     assert got[6] < got[1]
 
 
