@@ -191,6 +191,8 @@ def deepspeed_errors(cfg: DictConfig) -> list[str]:
         errors.append("deepspeed.offload_optimizer=cpu needs deepspeed.zero_stage >= 1")
     if _sel(cfg, "growth") is not None:
         errors.append("growth stages (cfg.growth) run on backend=megatron only")
+    if float(_sel(cfg, "train.z_loss", 0.0)) > 0:
+        errors.append("train.z_loss > 0 is applied by backend=megatron only: set train.z_loss=0")
     return errors
 
 
