@@ -117,7 +117,7 @@ def test_log_z_single_process_is_logsumexp():
 
     from pretrain.spikes import log_z
 
-    logits = torch.randn(4, 2, 10, dtype=torch.float64) * 5
+    logits = torch.randn(4, 2, 10) * 5
     torch.testing.assert_close(log_z(logits), torch.logsumexp(logits, -1).transpose(0, 1))
 
 
