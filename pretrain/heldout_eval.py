@@ -58,7 +58,9 @@ def score_dataset(forward_backward, model: list, forward_step, windows: list, mi
 
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
-    per_step = micro_batch_size * dp_size
+    # The interleaved (virtual-stage) schedule wants whole groups of PP microbatches per rank.
+    pp_size = parallel_state.get_pipeline_model_parallel_world_size()
+    per_step = micro_batch_size * dp_size * pp_size
     padded = windows + [([eod_id], [])] * (-len(windows) % per_step)  # empty targets: mask 0
     mine = padded[dp_rank::dp_size]
     num_microbatches = max(1, len(mine) // micro_batch_size)
