@@ -69,6 +69,10 @@ class SpikeConfig:
     sustained_window: int = 0             # 0 disables the sustained-rise check
     sustained_rise: float = 0.05
     policies: tuple[str, ...] = ("skip_update", "rollback", "lower_lr")
+    # Signals that trigger the ladder; the others are only logged. Early in training grad
+    # norms are genuinely bursty (10σ excursions on a healthy demo run), and Tele-FLM left
+    # grad-norm spikes with a normal loss alone, so by default they are observed, not acted on.
+    act_on: tuple[str, ...] = ("nonfinite", "loss_spike", "sustained_rise")
     rollback_steps_before: int = 100
     skip_batches: int = 200
     lr_factor: float = 0.5
@@ -83,6 +87,10 @@ class SpikeConfig:
                              "choose from skip_update, rollback, lower_lr")
         if self.window < self.min_history or self.min_history < 2:
             raise ValueError("train.spikes.window must be >= train.spikes.min_history >= 2")
+        unknown_signals = set(self.act_on) - {s.value for s in Signal if s is not Signal.NONE}
+        if unknown_signals:
+            raise ValueError(f"train.spikes.act_on: unknown signal {sorted(unknown_signals)}; choose from "
+                             "nonfinite, loss_spike, grad_norm_spike, sustained_rise")
         if not 0 < self.lr_factor <= 1:
             raise ValueError(f"train.spikes.lr_factor must be in (0, 1], got {self.lr_factor}")
 
@@ -217,8 +225,9 @@ def spike_config_from(cfg) -> SpikeConfig:
     block = OmegaConf.select(cfg, "train.spikes")
     values = OmegaConf.to_container(block, resolve=True) if block is not None else {}
     values.pop("replay_skips", None)
-    if "policies" in values:
-        values["policies"] = tuple(values["policies"] or ())
+    for key in ("policies", "act_on"):
+        if key in values:
+            values[key] = tuple(values[key] or ())
     return SpikeConfig(**values)
 
 
@@ -319,6 +328,11 @@ class SpikeGuard:
         verdict = self.detector.observe(loss, grad_norm) if self.detecting else Verdict(Signal.NONE)
         if agree(verdict.flagged) and not verdict.flagged:
             verdict = Verdict(Signal.LOSS_SPIKE, "flagged on another rank")
+        if verdict.flagged and verdict.signal.value not in self.config.act_on:
+            self.log({"event": "spike_observed", "step": iteration, "signal": verdict.signal.value,
+                      "detail": verdict.detail, "loss": loss, "grad_norm": grad_norm,
+                      "action": "none (train.spikes.act_on)"})
+            return Verdict(Signal.NONE), Action.CONTINUE
         return verdict, self.planner.decide(iteration, verdict)
 
     def log(self, row: dict) -> None:

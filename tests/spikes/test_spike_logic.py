@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -95,3 +96,28 @@ def test_bad_config_names_the_key():
         SpikeConfig(policies=("pray",))
     with pytest.raises(ValueError, match="lr_factor"):
         SpikeConfig(lr_factor=2.0)
+
+
+def test_signals_outside_act_on_are_logged_not_acted_on(tmp_path):
+    from omegaconf import OmegaConf
+
+    from pretrain.spikes import SpikeGuard
+
+    cfg = OmegaConf.create({"train": {"spikes": {"window": 32, "min_history": 8},
+                                      "fault": {"kind": "none", "step": 0}}})
+    guard = SpikeGuard(cfg, tmp_path, rank=0)
+    assert "grad_norm_spike" not in guard.config.act_on
+    for i in range(20):
+        verdict, action = guard.judge(i + 1, 3.0 - 0.01 * i, 1.0 + 0.01 * (i % 2))
+        assert action is Action.CONTINUE
+    verdict, action = guard.judge(21, 2.8, 50.0)          # a grad-norm burst with a normal loss
+    assert action is Action.CONTINUE and not verdict.flagged
+    logged = [json.loads(line) for line in (tmp_path / "spikes.jsonl").read_text().splitlines()]
+    assert logged[-1]["event"] == "spike_observed" and logged[-1]["signal"] == "grad_norm_spike"
+    verdict, action = guard.judge(22, 30.0, 1.0)          # a loss spike is acted on
+    assert verdict.signal is Signal.LOSS_SPIKE and action is Action.SKIP_UPDATE
+
+
+def test_act_on_rejects_unknown_signals():
+    with pytest.raises(ValueError, match="train.spikes.act_on"):
+        SpikeConfig(act_on=("vibes",))
