@@ -292,6 +292,8 @@ def load_checkpoint(directory: Path, model_chunks: list, optimizer, scheduler,
     if optimizer is not None:
         materialize_optimizer_state(optimizer)
     common = dist_checkpointing.load_common_state_dict(str(directory))
+    if "optimizer" not in common:
+        return load_model_only(directory, model_chunks)
     same_layout = common.get("layout") == current_layout(cfg)
     template = sharded_state(model_chunks, optimizer, scheduler, TrainProgress(), cfg,
                              with_rng=same_layout, with_optimizer=optimizer is not None,
@@ -312,6 +314,24 @@ def load_checkpoint(directory: Path, model_chunks: list, optimizer, scheduler,
                          consumed_samples=int(state["consumed_samples"]),
                          tokens=int(state.get("tokens", 0)),
                          trainer_state=dict(state.get("trainer_state") or {}))
+
+
+def load_model_only(directory: Path, model_chunks: list) -> TrainProgress:
+    """Weights from a checkpoint that holds nothing else (``launch.import_hf``'s output).
+
+    Continued pretraining from an imported Hugging Face model starts with fresh
+    Adam moments, a fresh LR schedule and the data stream from its beginning:
+    there is no training state to restore, and pretending otherwise would hide it.
+    """
+    template = {_model_key(i, len(model_chunks)): _unwrap(chunk).sharded_state_dict()
+                for i, chunk in enumerate(model_chunks)}
+    state = dist_checkpointing.load(template, str(directory))
+    for i, chunk in enumerate(model_chunks):
+        _unwrap(chunk).load_state_dict(state[_model_key(i, len(model_chunks))])
+    if dist.get_rank() == 0:
+        print(f"initialised from the model-only checkpoint {directory} (e.g. an HF import): "
+              "fresh optimizer state, LR schedule and data position", flush=True)
+    return TrainProgress()
 
 
 def load_model_for_inference(checkpoint_dir: str | Path, dtype: torch.dtype = torch.float32):
