@@ -366,7 +366,9 @@ def _mask_padded_vocab(first_padded_column: int):
 
 
 def build_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = True,
-                vp_stage: int | None = None) -> GPTModel:
+                vp_stage: int | None = None,
+                block_spec: Callable[[TransformerConfig, int | None], TransformerBlockSubmodules] | None = None,
+                ) -> GPTModel:
     """Build this rank's (pipeline stage's, virtual stage's) slice of Tele-FLM.
 
     Needs ``parallel_state`` initialised (TP/PP sizes come from it).  The
@@ -378,7 +380,8 @@ def build_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = 
     vocab = resolved_vocab_size(m, tp)
     model = GPTModel(
         config=config,
-        transformer_layer_spec=decoder_block_spec(config, vp_stage),
+        # block_spec: model growth swaps in its masked layers; everything else stays the same
+        transformer_layer_spec=(block_spec or decoder_block_spec)(config, vp_stage),
         vocab_size=vocab,
         max_sequence_length=int(m.seq_length),
         pre_process=pre_process,

@@ -213,29 +213,7 @@ def build_masked_model(cfg: DictConfig, pre_process: bool = True, post_process: 
     ``cfg.growth`` (a plain model when ``cfg.growth`` is absent or its ramp is over)."""
     from pretrain import model as teleflm
 
-    config = teleflm.transformer_config_from(cfg)
-    m = cfg.model
-    vocab = teleflm.resolved_vocab_size(m, int(cfg.parallel.tensor_model_parallel_size))
-    model = GPTModel(
-        config=config,
-        transformer_layer_spec=masked_block_spec(config, vp_stage),
-        vocab_size=vocab,
-        max_sequence_length=int(m.seq_length),
-        pre_process=pre_process,
-        post_process=post_process,
-        parallel_output=True,
-        share_embeddings_and_output_weights=False,
-        position_embedding_type="rope",
-        rotary_base=int(OmegaConf.select(m, "rotary_base", default=10000)),
-        vp_stage=vp_stage,
-    )
-    teleflm.initialize_parameters(model, m, seed=int(OmegaConf.select(cfg, "train.seed", default=1234)))
-    input_mult = float(OmegaConf.select(m, "input_mult", default=1.0))
-    if pre_process and input_mult != 1.0:
-        model.embedding.register_forward_hook(teleflm._scale_output(input_mult))
-    output_mult = teleflm.logit_multiplier(m)
-    if post_process and output_mult != 1.0:
-        model.output_layer.register_forward_hook(teleflm._scale_output(output_mult))
+    model = teleflm.build_model(cfg, pre_process, post_process, vp_stage, block_spec=masked_block_spec)
     block = growth_block(cfg)
     if block is not None:
         attach_growth(model, GrowthSpec.from_dict(block.spec))
