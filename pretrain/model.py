@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from megatron.core import parallel_state, tensor_parallel
+
+from pretrain.mup import param_kind  # noqa: F401  (one classifier for init and LR rules; re-exported)
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.enums import AttnMaskType
@@ -268,18 +270,6 @@ def init_method_for(model_cfg: DictConfig, kind: ParamKind, name: str | None = N
     if kind == "vector":
         return lambda tensor, generator: torch.nn.init.ones_(tensor)
     raise ValueError(f"unknown parameter kind {kind!r}")
-
-
-def param_kind(global_name: str) -> ParamKind:
-    if "word_embeddings" in global_name:
-        return "embedding"
-    if global_name.startswith("output_layer"):
-        return "readout"
-    if "norm" in global_name or global_name.endswith("bias"):
-        return "vector"
-    if "linear_proj" in global_name or "linear_fc2" in global_name:
-        return "block_output"
-    return "matrix"
 
 
 def global_parameter_names(model: GPTModel) -> dict[str, str]:
