@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from megatron.core import parallel_state, tensor_parallel
 
-from pretrain.mup import param_kind  # noqa: F401  (one classifier for init and LR rules; re-exported)
+from pretrain.mup import initializer, param_kind  # noqa: F401  (param_kind re-exported: one classifier)
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.enums import AttnMaskType
@@ -234,15 +234,6 @@ def decoder_block_spec(config: TransformerConfig, vp_stage: int | None,
 # Initialisation (μP hooks)
 # ----------------------------------------------------------------------------
 
-def _normal(std: float, truncated: bool) -> Callable[[torch.Tensor, torch.Generator], None]:
-    def init(tensor: torch.Tensor, generator: torch.Generator) -> None:
-        if truncated:
-            torch.nn.init.trunc_normal_(tensor, 0.0, std, -2.0 * std, 2.0 * std, generator=generator)
-        else:
-            torch.nn.init.normal_(tensor, 0.0, std, generator=generator)
-    return init
-
-
 def init_method_for(model_cfg: DictConfig, kind: ParamKind, name: str | None = None
                     ) -> Callable[[torch.Tensor, torch.Generator], None]:
     """The initialiser for one kind of parameter (applied to the full, unsharded tensor).
@@ -251,25 +242,9 @@ def init_method_for(model_cfg: DictConfig, kind: ParamKind, name: str | None = N
     ``init_method_std / sqrt(fan-in multiplier)``, ``embedding_init_std`` for
     the embedding, ``init_method_std`` for the readout, ones for norm gains;
     truncated normal (±2σ) when ``truncated_normal_init``. With μP off the
-    multipliers are 1. The local fallback below (same rules at multiplier 1)
-    keeps the model buildable if that module is absent.
+    multipliers are 1.
     """
-    try:
-        from pretrain.mup import initializer
-    except ImportError:
-        initializer = None
-    if initializer is not None:
-        return initializer(model_cfg, kind, name)
-    truncated = bool(_get(model_cfg, "truncated_normal_init", False))
-    matrix_std = float(model_cfg.init_method_std)
-    vector_std = float(_get(model_cfg, "embedding_init_std", matrix_std))
-    if kind in ("matrix", "block_output", "readout"):
-        return _normal(matrix_std, truncated)
-    if kind == "embedding":
-        return _normal(vector_std, truncated)
-    if kind == "vector":
-        return lambda tensor, generator: torch.nn.init.ones_(tensor)
-    raise ValueError(f"unknown parameter kind {kind!r}")
+    return initializer(model_cfg, kind, name)
 
 
 def global_parameter_names(model: GPTModel) -> dict[str, str]:
