@@ -52,7 +52,14 @@ def shingle_hashes(text: str, lang: str, cfg: Any) -> np.ndarray:
 
 
 def signatures(shingle_sets: list[np.ndarray], num_perm: int, seed: int) -> np.ndarray:
-    """(documents x num_perm) uint32 MinHash signatures; empty documents get all-max rows."""
+    """(documents x num_perm) uint32 MinHash signatures; empty documents get all-max rows.
+
+    The hash matrix is laid out permutations x shingles, so the per-document
+    minimum is a ``reduceat`` along contiguous rows: reducing along the other
+    axis of a (shingles x permutations) matrix is a strided walk that measured
+    40x slower. The shift is applied after the minimum, which is exact because
+    ``>> 32`` is monotone, and saves one full pass over the matrix.
+    """
     a, b = permutations(num_perm, seed)
     out = np.full((len(shingle_sets), num_perm), MAX_HASH, dtype=np.uint64)
     start = 0
@@ -61,15 +68,16 @@ def signatures(shingle_sets: list[np.ndarray], num_perm: int, seed: int) -> np.n
         while stop < len(shingle_sets) and (stop == start or cells + len(shingle_sets[stop]) * num_perm <= CHUNK_CELLS):
             cells += len(shingle_sets[stop]) * num_perm
             stop += 1
-        chunk = [s for s in shingle_sets[start:stop]]
-        sizes = np.array([len(s) for s in chunk])
+        sizes = np.array([len(s) for s in shingle_sets[start:stop]])
         nonempty = np.flatnonzero(sizes)
         if len(nonempty):
-            x = np.concatenate([chunk[i] for i in nonempty])
-            with np.errstate(over="ignore"):
-                hv = (x[:, None] * a[None, :] + b[None, :]) >> SHIFT  # multiply-shift: no modulo
+            x = np.concatenate([shingle_sets[start + i] for i in nonempty])
+            hv = np.multiply.outer(a, x)  # multiply-shift, modulo 2^64 by wrap-around: no modulo
+            hv += b[:, None]
             offsets = np.concatenate([[0], np.cumsum(sizes[nonempty])[:-1]])
-            out[start + nonempty] = np.minimum.reduceat(hv, offsets, axis=0)
+            minima = np.minimum.reduceat(hv, offsets, axis=1)
+            minima >>= SHIFT
+            out[start + nonempty] = minima.T
         start = stop
     return out.astype(np.uint32)
 

@@ -25,8 +25,14 @@ PHONE = re.compile(
     r"|\d{3}-\d{3}-\d{4}"                                   # 555-123-4567
     r"|1[3-9]\d{9}"                                         # Chinese mobile 13800138000
     r")(?![\w])")
-CN_ID = re.compile(r"(?<!\d)[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?!\d)")
-US_SSN = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
+# Patterns open with a character class, and the "no digit before" lookbehind comes after it: Python's
+# re only skips ahead quickly to a possible start when the first item is a character or a class
+# (4x faster on prose than a leading lookbehind, same matches).
+CN_ID = re.compile(r"[1-9](?<!\d[1-9])\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?!\d)")
+US_SSN = re.compile(r"\d(?<!\d\d)\d\d-\d\d-\d{4}(?!\d)")  # never-issued numbers: see ssn_issuable
+# Necessary conditions checked before the full patterns: a pattern that opens with a lookbehind gets
+# no fast first-character scan in Python's re, and most documents contain neither '@' nor a dotted quad.
+IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
 _CN_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CN_ID_CHECK = "10X98765432"
 
@@ -35,6 +41,12 @@ def cn_id_checksum_ok(number: str) -> bool:
     """GB 11643-1999 check digit: rejects most 18-digit numbers that are not resident IDs."""
     total = sum(int(d) * w for d, w in zip(number[:17], _CN_ID_WEIGHTS))
     return _CN_ID_CHECK[total % 11] == number[17].upper()
+
+
+def ssn_issuable(number: str) -> bool:
+    """SSA rules: no area 000, 666 or 9xx, no group 00, no serial 0000 (those were never issued)."""
+    area, group, serial = number.split("-")
+    return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
 
 
 def _is_public_ip(address: str) -> bool:
@@ -62,13 +74,13 @@ def scrub(text: str, cfg: Any) -> tuple[str, dict[str, int]]:
 
         text = pattern.sub(sub, text)
 
-    if "email" in kinds:
+    if "email" in kinds and "@" in text:
         replace(EMAIL, "email")
     if "cn_id" in kinds:  # before phone: an ID contains digit runs a phone pattern could bite into
         replace(CN_ID, "cn_id", cn_id_checksum_ok)
     if "us_ssn" in kinds:
-        replace(US_SSN, "us_ssn")
-    if "ip" in kinds:
+        replace(US_SSN, "us_ssn", ssn_issuable)
+    if "ip" in kinds and IPV4_HINT.search(text):
         replace(IPV4, "ip", _is_public_ip if cfg.keep_private_ips else None)
     if "phone" in kinds:
         replace(PHONE, "phone")

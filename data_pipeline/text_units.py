@@ -25,15 +25,24 @@ def words(text: str) -> list[str]:
 
 
 def chars(text: str) -> list[str]:
-    """Non-space characters: the units for languages written without spaces (zh, ja)."""
-    return [c for c in text.lower() if not c.isspace()]
+    """Non-space characters: the units for languages written without spaces (zh, ja).
+
+    ``str.split()`` drops exactly the characters ``str.isspace`` calls space, in C.
+    """
+    return list("".join(text.lower().split()))
 
 
 def unit_ids(units: list[str]) -> tuple[np.ndarray, list[str]]:
-    """(per-unit index into the distinct units, distinct units): comparisons inside one document."""
-    index: dict[str, int] = {}
-    ids = [index.setdefault(u, len(index)) for u in units]
-    return np.asarray(ids, dtype=np.uint64), list(index)
+    """(per-unit index into the distinct units, distinct units): comparisons inside one document.
+
+    ``dict.fromkeys`` and ``map`` keep the per-unit work in C (first-seen order,
+    as a setdefault loop would give, at a third of its cost).
+    """
+    index = dict.fromkeys(units)
+    for i, unit in enumerate(index):
+        index[unit] = i
+    ids = np.fromiter(map(index.__getitem__, units), dtype=np.uint64, count=len(units))
+    return ids, list(index)
 
 
 def unit_hashes(units: list[str]) -> np.ndarray:
