@@ -68,7 +68,12 @@ def validate(cfg: DictConfig) -> None:
     _require(int(d.bands) > 0 and int(d.rows) > 0, "dedup.bands", "bands and rows must be positive")
     _require(int(d.bands) * int(d.rows) <= int(d.num_perm), "dedup.num_perm",
              f"must be >= bands * rows ({int(d.bands)} * {int(d.rows)})")
-    _require(0.0 <= float(d.threshold) <= 1.0, "dedup.threshold", "must be in [0, 1]")
+    thresholds = d.threshold.items() if hasattr(d.threshold, "items") else [(None, d.threshold)]
+    _require(not hasattr(d.threshold, "items") or "default" in d.threshold, "dedup.threshold.default",
+             "is required when dedup.threshold is per language")
+    for lang, value in thresholds:
+        key = "dedup.threshold" if lang is None else f"dedup.threshold.{lang}"
+        _require(isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0, key, "must be a number in [0, 1]")
     _require(int(d.shuffle_partitions) > 0, "dedup.shuffle_partitions", "must be positive")
     _require(int(d.word_ngram) > 0 and int(d.char_ngram) > 0, "dedup.word_ngram", "n-gram sizes must be positive")
     _require(0.0 <= float(cfg.heldout.fraction) < 1.0, "heldout.fraction", "must be in [0, 1)")

@@ -5,13 +5,18 @@ little as possible:
 
 1. Ray Data reads just ``(id, exact_hash, bands)`` of kept documents and
    explodes them into one ``(key, id)`` row per bucket key.
-2. ``groupby(key)`` shuffles rows so each bucket lands in one place; each
-   bucket with more than one member emits a star of candidate pairs
-   ``(smallest id, other id)`` - enough edges to connect the bucket, and
-   linear rather than quadratic in its size.
-3. The driver runs union-find over those pairs only (memory grows with the
-   number of duplicates, not with the corpus) and keeps the smallest id of each
-   connected component, so the survivor is the same whatever the order of
+2. A hash shuffle on Ray tasks brings each bucket to one reduce task, which
+   emits candidate pairs: every pair of a small bucket (up to
+   ``ALL_PAIRS_MAX_BUCKET`` documents), and a star ``(smallest id, other id)``
+   for a larger one, which stays linear in its size.
+3. Near-duplicate candidates are verified on the full signature against the
+   threshold of their languages (``dedup.threshold``); this is why small
+   buckets emit all their pairs: in a star, a chance member that happens to
+   hold the smallest id would fail verification with both members of a true
+   pair, and the pair would be lost.
+4. The driver runs union-find over the verified pairs only (memory grows with
+   the number of duplicates, not with the corpus) and keeps the smallest id of
+   each connected component, so the survivor is the same whatever the order of
    files, blocks or workers.
 
 Exact-duplicate clusters are resolved first; near-duplicate clusters are then
@@ -28,6 +33,9 @@ import pyarrow as pa
 
 EXACT = "exact_duplicate"
 NEAR = "near_duplicate"
+# Buckets up to this size emit every pair (at most 120); larger ones, a star. True duplicates share
+# many buckets, so a star in a big bucket still connects them through their other, smaller buckets.
+ALL_PAIRS_MAX_BUCKET = 16
 
 
 class UnionFind:
@@ -117,7 +125,7 @@ def map_partition(path: str, num_partitions: int, exact: bool, fuzzy: bool) -> l
 
 
 def reduce_partition(*parts: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Shuffle reduce side: every bucket with 2+ documents -> star pairs (smallest id, other)."""
+    """Shuffle reduce side: candidate pairs ``(smaller id, larger id, kind)`` of every bucket with 2+ documents."""
     keys = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.uint64)
     kinds = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int8)
     ids = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, object)
@@ -130,7 +138,18 @@ def reduce_partition(*parts: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     bucket_start = np.maximum.accumulate(np.where(new_bucket, np.arange(len(keys)), 0))
     first_ids = ids[bucket_start]
     is_pair = ~new_bucket & (ids != first_ids)  # the same id twice in a bucket (repeated band) is no pair
-    return first_ids[is_pair], ids[is_pair], kinds[is_pair]
+    firsts, others, pair_kinds = [first_ids[is_pair]], [ids[is_pair]], [kinds[is_pair]]
+    starts = np.flatnonzero(new_bucket)
+    ends = np.append(starts[1:], len(keys))
+    sizes = ends - starts
+    for start, end in zip(starts[(sizes >= 3) & (sizes <= ALL_PAIRS_MAX_BUCKET)], ends[(sizes >= 3) & (sizes <= ALL_PAIRS_MAX_BUCKET)]):
+        rest = sorted(set(ids[start + 1:end].tolist()) - {ids[start]})  # the star already links the first
+        extra = [(x, y) for i, x in enumerate(rest) for y in rest[i + 1:]]
+        if extra:
+            firsts.append(np.array([x for x, _ in extra], dtype=object))
+            others.append(np.array([y for _, y in extra], dtype=object))
+            pair_kinds.append(np.full(len(extra), kinds[start], dtype=np.int8))
+    return np.concatenate(firsts), np.concatenate(others), np.concatenate(pair_kinds)
 
 
 def candidate_pairs(part_files: list[str], cfg: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -152,26 +171,38 @@ def candidate_pairs(part_files: list[str], cfg: Any) -> tuple[list[tuple[str, st
     return sorted(exact_pairs), sorted(near_pairs)
 
 
-def fetch_signatures(path: str, wanted: set[str]) -> dict[str, np.ndarray]:
-    """The stored MinHash signatures of the wanted ids in one stage-1 file."""
+def threshold_for(lang: str, threshold: Any) -> float:
+    """A number applies to every language; a mapping is per language, with ``default`` for the rest."""
+    if isinstance(threshold, (int, float)):
+        return float(threshold)
+    return float(threshold[lang] if lang in threshold else threshold["default"])
+
+
+def fetch_signatures(path: str, wanted: set[str]) -> dict[str, tuple[np.ndarray, str]]:
+    """(stored MinHash signature, language) of the wanted ids in one stage-1 file."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=["id", "signature"])
+    table = pq.read_table(path, columns=["id", "lang", "signature"])
     ids = table.column("id").to_pylist()
     rows = [i for i, doc_id in enumerate(ids) if doc_id in wanted]
     if not rows:
         return {}
-    sigs = table.column("signature").take(pa.array(rows))
-    return {ids[i]: np.asarray(s.as_py(), dtype=np.uint32) for i, s in zip(rows, sigs)}
+    picked = pa.array(rows)
+    sigs, langs = table.column("signature").take(picked), table.column("lang").take(picked).to_pylist()
+    return {ids[i]: (np.asarray(s.as_py(), dtype=np.uint32), lang) for i, s, lang in zip(rows, sigs, langs)}
 
 
-def verify_pairs(pairs: list[tuple[str, str]], part_files: list[str], threshold: float) -> list[tuple[str, str]]:
-    """Keep candidate pairs whose estimated Jaccard reaches the threshold.
+def verify_pairs(pairs: list[tuple[str, str]], part_files: list[str], threshold: Any) -> list[tuple[str, str]]:
+    """Keep candidate pairs whose estimated Jaccard reaches the stricter threshold of their two languages.
 
     LSH with few rows per band finds low-similarity pairs too (that is what
-    buys recall at 10% edits); checking the full signature of just the
-    candidate documents removes them. Only signatures of documents in some
-    pair travel to the driver.
+    buys recall at 20-30% edits); checking the full signature of just the
+    candidate documents removes chance collisions. The threshold is per
+    language because the noise floor is: unrelated English documents share
+    almost no word 5-grams, while unrelated Chinese ones share character
+    5-grams (a character 5-gram is two or three words) and shared code or
+    Latin text, so chance candidates there reach estimated Jaccard 0.3-0.4.
+    Only signatures of documents in some pair travel to the driver.
     """
     import ray
 
@@ -180,10 +211,16 @@ def verify_pairs(pairs: list[tuple[str, str]], part_files: list[str], threshold:
     wanted = {x for pair in pairs for x in pair}
     wanted_ref = ray.put(wanted)
     task = ray.remote(fetch_signatures).options(num_cpus=1)
-    sigs: dict[str, np.ndarray] = {}
+    sigs: dict[str, tuple[np.ndarray, str]] = {}
     for part in ray.get([task.remote(p, wanted_ref) for p in part_files]):
         sigs.update(part)
-    return [(a, b) for a, b in pairs if float(np.mean(sigs[a] == sigs[b])) >= threshold]
+    verified = []
+    for a, b in pairs:
+        (sig_a, lang_a), (sig_b, lang_b) = sigs[a], sigs[b]
+        needed = max(threshold_for(lang_a, threshold), threshold_for(lang_b, threshold))
+        if float(np.mean(sig_a == sig_b)) >= needed:
+            verified.append((a, b))
+    return verified
 
 
 def find_duplicates(part_files: list[str], cfg: Any) -> tuple[dict[str, str], dict[str, int]]:
@@ -191,7 +228,7 @@ def find_duplicates(part_files: list[str], cfg: Any) -> tuple[dict[str, str], di
     if not part_files or not (cfg.dedup.exact or cfg.dedup.fuzzy):
         return {}, {"exact_pairs": 0, "near_candidate_pairs": 0, "near_verified_pairs": 0}
     exact_pairs, near_candidates = candidate_pairs(part_files, cfg)
-    near_pairs = verify_pairs(near_candidates, part_files, float(cfg.dedup.threshold))
+    near_pairs = verify_pairs(near_candidates, part_files, cfg.dedup.threshold)
     removed = removals_from_pairs(exact_pairs, near_pairs)
     return removed, {"exact_pairs": len(exact_pairs), "near_candidate_pairs": len(near_candidates),
                      "near_verified_pairs": len(near_pairs)}

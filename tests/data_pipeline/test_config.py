@@ -15,6 +15,7 @@ from .conftest import REPO_ROOT, load_config
     ("stages", ["normalize", "sparkle"], "stages"),
     ("dedup.bands", 100, "dedup.num_perm"),
     ("dedup.threshold", 1.5, "dedup.threshold"),
+    ("dedup.threshold", {"default": 0.1, "zh": 1.5}, "dedup.threshold.zh"),
     ("heldout.fraction", 1.0, "heldout.fraction"),
     ("mixture.weights", {"en_docs": -1}, "mixture.weights.en_docs"),
     ("quality.zh.units", "bytes", "quality.zh.units"),
@@ -22,6 +23,13 @@ from .conftest import REPO_ROOT, load_config
 def test_bad_values_name_their_key(key, value, named):
     cfg = load_config(input="x", output="y", **{key: value})
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_per_language_dedup_threshold_needs_a_default():
+    cfg = load_config(input="x", output="y")
+    cfg.dedup.threshold = {"zh": 0.2}  # assignment replaces the mapping (an update would merge into it)
+    with pytest.raises(ConfigError, match=r"dedup\.threshold\.default"):
         validate(cfg)
 
 
