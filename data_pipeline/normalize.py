@@ -22,7 +22,7 @@ ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
 UNICODE_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 CONTROL = re.compile("[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]")
 CODE_LINE = re.compile(r"^\s*([$#>]\s|[{}\[\]();]|\w+\s*=\s*|(def|class|import|return|if|for|while|sudo|cd|ls)\b)|[;{}]\s*$")
-SPACE_RUN = re.compile(r"[ \t]+")
+SPACE_RUN = re.compile(r"[ \t]{2,}|\t")  # runs to collapse; a lone space is left alone (nothing to do)
 BLANK_RUN = re.compile(r"\n{3,}")
 
 
@@ -58,11 +58,10 @@ def normalize_whitespace(text: str, code_ish: bool) -> str:
     """One newline kind, no trailing spaces, at most one blank line; runs of spaces only in prose."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = UNICODE_SPACES.sub(" ", ZERO_WIDTH.sub("", text))
-    lines = text.split("\n")
     if code_ish:  # indentation carries meaning in code: keep leading spaces
-        lines = [ln.rstrip() for ln in lines]
-    else:
-        lines = [SPACE_RUN.sub(" ", ln).strip() for ln in lines]
+        lines = [ln.rstrip() for ln in text.split("\n")]
+    else:  # one pass over the whole text: a run of spaces and tabs never crosses a newline
+        lines = [ln.strip() for ln in SPACE_RUN.sub(" ", text).split("\n")]
     return BLANK_RUN.sub("\n\n", "\n".join(lines)).strip()
 
 

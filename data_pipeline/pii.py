@@ -30,8 +30,9 @@ PHONE = re.compile(
 # (4x faster on prose than a leading lookbehind, same matches).
 CN_ID = re.compile(r"[1-9](?<!\d[1-9])\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?!\d)")
 US_SSN = re.compile(r"\d(?<!\d\d)\d\d-\d\d-\d{4}(?!\d)")  # never-issued numbers: see ssn_issuable
-# Necessary conditions checked before the full patterns: a pattern that opens with a lookbehind gets
-# no fast first-character scan in Python's re, and most documents contain neither '@' nor a dotted quad.
+# Where an IPv4 address can be: the last digit of its first octet and the dots after it. Unlike IPV4,
+# whose leading lookbehind denies Python's re its fast skip to a possible first character, this opens
+# with a digit class; see sub_ipv4.
 IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
 _CN_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CN_ID_CHECK = "10X98765432"
@@ -50,9 +51,36 @@ def ssn_issuable(number: str) -> bool:
 
 
 def _is_public_ip(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:  # "20.1.8.02": a leading zero is no IP address (ipaddress rejects it); a version or date
+        return False
     return not (ip.is_private or ip.is_loopback or ip.is_reserved or ip.is_multicast
                 or ip.is_unspecified or ip.is_link_local)
+
+
+def sub_ipv4(text: str, repl: Callable[[re.Match], str]) -> str:
+    """``IPV4.sub(repl, text)``, trying the full pattern only next to an IPV4_HINT match.
+
+    Every IPV4 match starting at ``s`` contains a hint match starting in
+    ``[s, s + 2]`` (the last digit of a 1-3 digit first octet), so the leftmost
+    match at or after ``pos`` starts within two characters before the next
+    hint: the same matches as a full scan, in the same order, at a fraction of
+    the cost on text full of section numbers like "6.2.4.1".
+    """
+    pieces, pos, copied = [], 0, 0
+    while (hint := IPV4_HINT.search(text, pos)) is not None:
+        found = None
+        for start in range(max(hint.start() - 2, pos), hint.start() + 1):
+            if (found := IPV4.match(text, start)) is not None:
+                break
+        if found is None:
+            pos = hint.start() + 1
+            continue
+        pieces += [text[copied:found.start()], repl(found)]
+        copied = pos = found.end()
+    pieces.append(text[copied:])
+    return "".join(pieces)
 
 
 def scrub(text: str, cfg: Any) -> tuple[str, dict[str, int]]:
@@ -72,7 +100,7 @@ def scrub(text: str, cfg: Any) -> tuple[str, dict[str, int]]:
             counts[kind] += 1
             return PLACEHOLDERS[kind]
 
-        text = pattern.sub(sub, text)
+        text = sub_ipv4(text, sub) if pattern is IPV4 else pattern.sub(sub, text)
 
     if "email" in kinds and "@" in text:
         replace(EMAIL, "email")
@@ -80,7 +108,7 @@ def scrub(text: str, cfg: Any) -> tuple[str, dict[str, int]]:
         replace(CN_ID, "cn_id", cn_id_checksum_ok)
     if "us_ssn" in kinds:
         replace(US_SSN, "us_ssn", ssn_issuable)
-    if "ip" in kinds and IPV4_HINT.search(text):
+    if "ip" in kinds:
         replace(IPV4, "ip", _is_public_ip if cfg.keep_private_ips else None)
     if "phone" in kinds:
         replace(PHONE, "phone")

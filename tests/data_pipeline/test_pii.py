@@ -1,7 +1,10 @@
 """PII scrubbing: placeholders and counts; conservative on technical text."""
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from data_pipeline.config import plain
-from data_pipeline.pii import cn_id_checksum_ok, scrub
+from data_pipeline.pii import IPV4, cn_id_checksum_ok, scrub, sub_ipv4
 
 from .conftest import load_config
 
@@ -39,3 +42,16 @@ def test_private_ips_versions_and_bad_checksums_survive():
 def test_private_ips_are_scrubbed_when_configured():
     out, counts = scrub("host 192.168.1.10", _cfg(**{"pii.keep_private_ips": False}))
     assert counts["ip"] == 1 and out == "host <IP_ADDRESS>"
+
+
+def test_dotted_quad_with_leading_zero_is_kept_not_a_crash():
+    # ipaddress rejects "02"; the pattern admits it: once a ValueError that failed the whole batch
+    text, counts = scrub("released 20.1.8.02, mirror at 8.8.8.8", _cfg())
+    assert text == "released 20.1.8.02, mirror at <IP_ADDRESS>" and counts["ip"] == 1
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="0123456789.25 x", max_size=60))
+def test_hinted_ipv4_scan_equals_the_full_scan(text):
+    mark = lambda m: f"<{m.group(0)}>"  # noqa: E731
+    assert sub_ipv4(text, mark) == IPV4.sub(mark, text)
