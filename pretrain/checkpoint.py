@@ -21,8 +21,10 @@ and plain values ``iteration``, ``consumed_samples``, ``scheduler``,
 from __future__ import annotations
 
 import os
+import queue
 import random
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -160,6 +162,27 @@ def sharded_state(model_chunks: list, optimizer, scheduler, progress: TrainProgr
 # Save
 # ----------------------------------------------------------------------------
 
+@contextmanager
+def in_process_write_results():
+    """A synchronous save collects its writers' results in this process: use a plain queue.
+
+    megatron-core 0.16 hands every save a ``multiprocessing.Manager().Queue()``
+    (a spawned server process), needed when an async save writes from another
+    process. The server imports torch to unpickle the first results it receives:
+    on a 2-core CPU box a process' first save took 4.5-7 s with 2 processes and
+    16-20 s with 8 (now < 1 s). A synchronous save writes (forked writers) and
+    reads the results in the training process itself.
+    """
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    manager_queue = filesystem_async._get_write_results_queue
+    filesystem_async._get_write_results_queue = queue.Queue
+    try:
+        yield
+    finally:
+        filesystem_async._get_write_results_queue = manager_queue
+
+
 class CheckpointWriter:
     """Writes checkpoints, synchronously or through megatron's async queue.
 
@@ -203,7 +226,8 @@ class CheckpointWriter:
                               with_rng=True, with_optimizer=True, is_loading=False)
         finalize = self._finalize(progress.iteration, directory)
         if self._queue is None:
-            dist_checkpointing.save(state, str(directory))
+            with in_process_write_results():
+                dist_checkpointing.save(state, str(directory))
             finalize()
         else:
             request = dist_checkpointing.save(state, str(directory), async_sharded_save=True)

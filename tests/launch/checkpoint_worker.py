@@ -64,7 +64,10 @@ def main(run_dir: Path) -> None:
         dist.all_gather(shards, logits.contiguous())
     iter_dir = run_dir / "checkpoints" / "iter_0000001"
     iter_dir.mkdir(parents=True, exist_ok=True)
-    dist_checkpointing.save({"model": model.sharded_state_dict(), "iteration": 1}, str(iter_dir))
+    from pretrain.checkpoint import in_process_write_results
+
+    with in_process_write_results():
+        dist_checkpointing.save({"model": model.sharded_state_dict(), "iteration": 1}, str(iter_dir))
     dist.barrier()
     if dist.get_rank() == 0:
         OmegaConf.save(cfg, iter_dir / "run_config.yaml")
