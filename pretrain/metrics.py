@@ -58,7 +58,8 @@ def wandb_mode(cfg: DictConfig) -> str:
 
 
 class RunMonitor:
-    def __init__(self, cfg: DictConfig, resolved: DictConfig, start_step: int, total_steps: int) -> None:
+    def __init__(self, cfg: DictConfig, resolved: DictConfig, start_step: int, total_steps: int,
+                 layout: dict[str, Any] | None = None) -> None:
         self.run_dir = Path(cfg.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(resolved, self.run_dir / "config.yaml", resolve=True)
@@ -87,7 +88,10 @@ class RunMonitor:
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                              desc="pretrain", file=sys.stderr, mininterval=1.0,
                              disable=None)  # None: a bar on terminals, plain log lines in files
-        self.event("resume" if start_step > 0 else "start", start_step)
+        # layout: pretrain.optim.describe_optimizer (dtypes, optimizer shards), on the start row
+        self.event("resume" if start_step > 0 else "start", start_step, **(layout or {}))
+        if layout:
+            self._print(format_layout(layout))
 
     def event(self, name: str, step: int, **fields: Any) -> None:
         """Non-step rows (start, resume, checkpoint, eval) share the file; ``event`` tells them apart."""
@@ -160,6 +164,18 @@ class RunMonitor:
             self._wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
             self._wandb.finish()
         return summary
+
+
+def format_layout(layout: dict[str, Any]) -> str:
+    """The start-up line: ``precision: params bfloat16, grads accumulated in float32, optimizer
+    main params float32 | optimizer state sharded over DP=2: 28800+28800 of 57600 params ...``."""
+    p, o = layout["precision"], layout["optimizer_shards"]
+    shards = o["main_params_per_dp_rank"]
+    how = (f"sharded over DP={o['data_parallel_size']}: {'+'.join(map(str, shards))} of {o['model_params']} params"
+           if o["distributed"] else f"replicated on DP={o['data_parallel_size']}: {shards[0]} of "
+                                    f"{o['model_params']} params")
+    return (f"precision: params {p['params']}, grads accumulated in {p['main_grads']}, "
+            f"optimizer main params {p['main_params']} | optimizer state {how} (rank 0's TP/PP slice)")
 
 
 def plot_loss(steps: list[dict], evals: list[dict], resumes: list[int], path: Path) -> None:

@@ -77,3 +77,47 @@ def build_scheduler(cfg: DictConfig, optimizer) -> OptimizerParamScheduler:
         override_opt_param_scheduler=True,
         **wsd_kwargs,
     )
+
+
+def _dtype_name(dtypes: set) -> str:
+    names = sorted(str(d).removeprefix("torch.") for d in dtypes)
+    return "+".join(names) if names else "none"
+
+
+def describe_optimizer(model_chunks: list, optimizer) -> dict:
+    """What this rank actually holds, read off the built objects (not the config).
+
+    ``precision``: dtype of the model parameters, of the DDP gradient buffers the
+    backward hooks accumulate into (``param.main_grad``), and of the main parameters
+    the optimizer updates (fp32 master weights under bf16).
+    ``optimizer_shards``: element counts of this rank's model parameters and of the
+    main parameters in its optimizer, for every rank of its data-parallel group (with
+    the distributed optimizer they are disjoint 1/DP shards that sum to the model's).
+    Collective over the data-parallel group: call it on every rank.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    params = [p for chunk in model_chunks for p in chunk.parameters() if p.requires_grad]
+    inner = getattr(optimizer, "chained_optimizers", None) or [optimizer]
+    main = [p for opt in inner if getattr(opt, "optimizer", None) is not None
+            for group in opt.optimizer.param_groups for p in group["params"]]
+    model_numel = sum(p.numel() for p in params)
+    device = params[0].device if params else torch.device("cpu")
+    local = torch.tensor([sum(p.numel() for p in main)], dtype=torch.int64, device=device)
+    group = parallel_state.get_data_parallel_group()
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, local, group=group)
+    return {
+        "precision": {
+            "params": _dtype_name({p.dtype for p in params}),
+            "main_grads": _dtype_name({p.main_grad.dtype for p in params if getattr(p, "main_grad", None) is not None}),
+            "main_params": _dtype_name({p.dtype for p in main}),
+        },
+        "optimizer_shards": {
+            "distributed": bool(optimizer.config.use_distributed_optimizer) if hasattr(optimizer, "config") else False,
+            "data_parallel_size": len(gathered),
+            "model_params": model_numel,
+            "main_params_per_dp_rank": [int(t.item()) for t in gathered],
+        },
+    }

@@ -329,7 +329,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         unset_num_microbatches_calculator
 
     from pretrain.metrics import RunMonitor, memory_gb
-    from pretrain.optim import build_optimizer, build_scheduler
+    from pretrain.optim import build_optimizer, build_scheduler, describe_optimizer
 
     rank = dist.get_rank()
     run_dir = Path(cfg.run_dir)
@@ -344,6 +344,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     wire_schedule_hooks(model, optimizer, cfg)
+    layout = describe_optimizer(model, optimizer)  # collective; rank 0 logs it on the start row
     params_synced = ParamsSynced(model, bool(cfg.train.overlap_param_gather and cfg.parallel.use_distributed_optimizer))
 
     progress = TrainProgress()
@@ -377,7 +378,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     tokens_per_step = int(t.global_batch_size) * int(cfg.model.seq_length)
     fpt, peak = flops_per_token(cfg), peak_tflops()
     world = dist.get_world_size()
-    monitor = RunMonitor(cfg, cfg, progress.iteration, train_iters) if rank == 0 else None
+    monitor = RunMonitor(cfg, cfg, progress.iteration, train_iters, layout) if rank == 0 else None
     save_interval = int(cfg.checkpoint.save_interval or 0)
     eval_interval = int(t.eval_interval or 0) if datasets.valid is not None else 0
     wall_start = time.time()
