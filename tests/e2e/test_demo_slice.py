@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS_PER_SOURCE = 80
+DOCS_PER_SOURCE = 40  # 81 planted records (4 exact, 5 near duplicates) still come along
 
 
 def make_slice(out: Path) -> tuple[Path, Path]:
@@ -59,7 +59,7 @@ def test_demo_end_to_end_on_a_slice(tmp_path):
     overrides = [
         f"run_dir={run_dir}", f"corpus={corpus}", f"ground_truth={ground_truth}",
         "tokenizer.overrides=['tokenizer=demo','tokenizer.vocab_size=4000','tokenizer.training.character_coverage=0.995']",
-        "pretrain.first_iters=20", "pretrain.train_iters=40", "pretrain.save_interval=10", "min_loss_drop=0.5",
+        "pretrain.first_iters=15", "pretrain.train_iters=30", "pretrain.save_interval=15", "min_loss_drop=0.5",
         "pretrain.overrides=['train.lr_warmup_iters=5','train.eval_interval=0']",
         "generate.max_new_tokens=8",
     ]
@@ -81,7 +81,7 @@ def test_demo_end_to_end_on_a_slice(tmp_path):
     # every optimizer step logged once, across the stop and the resume
     rows = [json.loads(line) for line in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     steps = [row["step"] for row in rows if "event" not in row]
-    assert steps == list(range(1, 41))
+    assert steps == list(range(1, 31))
     assert all({"step", "loss", "grad_norm", "lr", "tokens_per_s"} <= set(row) for row in rows if "event" not in row)
 
     # held-out BPB: trainer (megatron, TP2) == exported HF model on the same documents
