@@ -164,9 +164,9 @@ def fill_from_hf(model, weights: HFWeights, s: Shapes, padded_vocab: int) -> Non
 
 
 def import_on_this_rank(cfg: DictConfig) -> Path:
-    from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+    from megatron.core import parallel_state, tensor_parallel
 
-    from pretrain.checkpoint import in_process_write_results
+    from pretrain.checkpoint import save_synchronously
     from pretrain.cpu_shims import activate_cpu_shims
     from pretrain.model import build_model
 
@@ -195,8 +195,7 @@ def import_on_this_rank(cfg: DictConfig) -> Path:
     if dist.get_rank() == 0:
         iter_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    with in_process_write_results():  # synchronous: no multiprocessing Manager for the results
-        dist_checkpointing.save({"model": model.sharded_state_dict(), "iteration": ITERATION}, str(iter_dir))
+    save_synchronously({"model": model.sharded_state_dict(), "iteration": ITERATION}, iter_dir)
     dist.barrier()
     if dist.get_rank() == 0:
         OmegaConf.save(run_cfg, iter_dir / "run_config.yaml", resolve=True)

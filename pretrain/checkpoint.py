@@ -24,7 +24,6 @@ import os
 import queue
 import random
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -162,23 +161,23 @@ def sharded_state(model_chunks: list, optimizer, scheduler, progress: TrainProgr
 # Save
 # ----------------------------------------------------------------------------
 
-@contextmanager
-def in_process_write_results():
-    """A synchronous save collects its writers' results in this process: use a plain queue.
+def save_synchronously(state: dict, directory: str | Path) -> None:
+    """``dist_checkpointing.save`` with the writers' results collected in this process.
 
     megatron-core 0.16 hands every save a ``multiprocessing.Manager().Queue()``
     (a spawned server process), needed when an async save writes from another
     process. The server imports torch to unpickle the first results it receives:
     on a 2-core CPU box a process' first save took 4.5-7 s with 2 processes and
-    16-20 s with 8 (now < 1 s). A synchronous save writes (forked writers) and
-    reads the results in the training process itself.
+    16-20 s with 8 (now < 1 s). A synchronous save runs its forked writers with
+    their own local queue and reads the results in the saving process itself, so
+    a plain queue serves. Every synchronous save in the project goes through here.
     """
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
     manager_queue = filesystem_async._get_write_results_queue
     filesystem_async._get_write_results_queue = queue.Queue
     try:
-        yield
+        dist_checkpointing.save(state, str(directory))
     finally:
         filesystem_async._get_write_results_queue = manager_queue
 
@@ -226,8 +225,7 @@ class CheckpointWriter:
                               with_rng=True, with_optimizer=True, is_loading=False)
         finalize = self._finalize(progress.iteration, directory)
         if self._queue is None:
-            with in_process_write_results():
-                dist_checkpointing.save(state, str(directory))
+            save_synchronously(state, directory)
             finalize()
         else:
             request = dist_checkpointing.save(state, str(directory), async_sharded_save=True)

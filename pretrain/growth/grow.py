@@ -34,7 +34,7 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing import ShardedObject, ShardedTensor
 from megatron.core.dist_checkpointing.serialization import load_sharded_metadata, load_tensors_metadata
 
-from pretrain.checkpoint import in_process_write_results
+from pretrain.checkpoint import save_synchronously
 from pretrain.growth.spec import GrowthConfigError, GrowthSpec, make_spec
 from pretrain.growth.tensors import grow_state
 
@@ -167,8 +167,7 @@ def grow_checkpoint(source: str | Path, target: str | Path, new_cfg: DictConfig,
     if dist.is_initialized():
         dist.barrier()
     objects = grown_objects(source, spec)
-    with in_process_write_results():  # synchronous: no multiprocessing Manager for the results
-        dist_checkpointing.save({**state, "grown_tensors": _sharded(grown), "grown_objects": objects}, str(target))
+    save_synchronously({**state, "grown_tensors": _sharded(grown), "grown_objects": objects}, target)
     if rank == 0:
         OmegaConf.save(new_cfg, target / RUN_CONFIG, resolve=True)
     if dist.is_initialized():

@@ -42,7 +42,7 @@ def reference_tokens() -> torch.Tensor:
 
 
 def main(run_dir: Path) -> None:
-    from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+    from megatron.core import parallel_state, tensor_parallel
     from pretrain.cpu_shims import activate_cpu_shims
     from pretrain.model import build_model
 
@@ -64,10 +64,9 @@ def main(run_dir: Path) -> None:
         dist.all_gather(shards, logits.contiguous())
     iter_dir = run_dir / "checkpoints" / "iter_0000001"
     iter_dir.mkdir(parents=True, exist_ok=True)
-    from pretrain.checkpoint import in_process_write_results
+    from pretrain.checkpoint import save_synchronously
 
-    with in_process_write_results():
-        dist_checkpointing.save({"model": model.sharded_state_dict(), "iteration": 1}, str(iter_dir))
+    save_synchronously({"model": model.sharded_state_dict(), "iteration": 1}, iter_dir)
     dist.barrier()
     if dist.get_rank() == 0:
         OmegaConf.save(cfg, iter_dir / "run_config.yaml")
