@@ -142,7 +142,8 @@ def reduce_partition(*parts: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     starts = np.flatnonzero(new_bucket)
     ends = np.append(starts[1:], len(keys))
     sizes = ends - starts
-    for start, end in zip(starts[(sizes >= 3) & (sizes <= ALL_PAIRS_MAX_BUCKET)], ends[(sizes >= 3) & (sizes <= ALL_PAIRS_MAX_BUCKET)]):
+    small = (sizes >= 3) & (sizes <= ALL_PAIRS_MAX_BUCKET)  # size 2: the star already is every pair
+    for start, end in zip(starts[small], ends[small]):
         rest = sorted(set(ids[start + 1:end].tolist()) - {ids[start]})  # the star already links the first
         extra = [(x, y) for i, x in enumerate(rest) for y in rest[i + 1:]]
         if extra:
@@ -211,16 +212,12 @@ def verify_pairs(pairs: list[tuple[str, str]], part_files: list[str], threshold:
     wanted = {x for pair in pairs for x in pair}
     wanted_ref = ray.put(wanted)
     task = ray.remote(fetch_signatures).options(num_cpus=1)
-    sigs: dict[str, tuple[np.ndarray, str]] = {}
+    sigs: dict[str, np.ndarray] = {}
+    needs: dict[str, float] = {}  # each document's threshold, looked up once rather than per pair
     for part in ray.get([task.remote(p, wanted_ref) for p in part_files]):
-        sigs.update(part)
-    verified = []
-    for a, b in pairs:
-        (sig_a, lang_a), (sig_b, lang_b) = sigs[a], sigs[b]
-        needed = max(threshold_for(lang_a, threshold), threshold_for(lang_b, threshold))
-        if float(np.mean(sig_a == sig_b)) >= needed:
-            verified.append((a, b))
-    return verified
+        for doc_id, (sig, lang) in part.items():
+            sigs[doc_id], needs[doc_id] = sig, threshold_for(lang, threshold)
+    return [(a, b) for a, b in pairs if float(np.mean(sigs[a] == sigs[b])) >= max(needs[a], needs[b])]
 
 
 def find_duplicates(part_files: list[str], cfg: Any) -> tuple[dict[str, str], dict[str, int]]:

@@ -59,7 +59,7 @@ def _is_public_ip(address: str) -> bool:
                 or ip.is_unspecified or ip.is_link_local)
 
 
-def sub_ipv4(text: str, repl: Callable[[re.Match], str]) -> str:
+def sub_ipv4(repl: Callable[[re.Match], str], text: str) -> str:
     """``IPV4.sub(repl, text)``, trying the full pattern only next to an IPV4_HINT match.
 
     Every IPV4 match starting at ``s`` contains a hint match starting in
@@ -91,7 +91,8 @@ def scrub(text: str, cfg: Any) -> tuple[str, dict[str, int]]:
     if unknown:
         raise ValueError(f"pii.kinds: unknown kind(s) {sorted(unknown)}; known: {sorted(PLACEHOLDERS)}")
 
-    def replace(pattern: re.Pattern, kind: str, accept: Callable[[str], bool] | None = None) -> None:
+    def replace(substitute: Callable, kind: str, accept: Callable[[str], bool] | None = None) -> None:
+        """``substitute(repl, text)``: a pattern's ``sub`` or sub_ipv4, which has the same signature."""
         nonlocal text
 
         def sub(match: re.Match) -> str:
@@ -100,16 +101,16 @@ def scrub(text: str, cfg: Any) -> tuple[str, dict[str, int]]:
             counts[kind] += 1
             return PLACEHOLDERS[kind]
 
-        text = sub_ipv4(text, sub) if pattern is IPV4 else pattern.sub(sub, text)
+        text = substitute(sub, text)
 
     if "email" in kinds and "@" in text:
-        replace(EMAIL, "email")
+        replace(EMAIL.sub, "email")
     if "cn_id" in kinds:  # before phone: an ID contains digit runs a phone pattern could bite into
-        replace(CN_ID, "cn_id", cn_id_checksum_ok)
+        replace(CN_ID.sub, "cn_id", cn_id_checksum_ok)
     if "us_ssn" in kinds:
-        replace(US_SSN, "us_ssn", ssn_issuable)
+        replace(US_SSN.sub, "us_ssn", ssn_issuable)
     if "ip" in kinds:
-        replace(IPV4, "ip", _is_public_ip if cfg.keep_private_ips else None)
+        replace(sub_ipv4, "ip", _is_public_ip if cfg.keep_private_ips else None)
     if "phone" in kinds:
-        replace(PHONE, "phone")
+        replace(PHONE.sub, "phone")
     return text, counts

@@ -135,7 +135,7 @@ def compute_signals(text: str, lang: str, block: Any) -> dict[str, float]:
     lowered = text.lower()
     s["policy_line_fraction"] = 0.0
     if POLICY_PATTERN.search(lowered):  # most documents have no policy phrase at all: one scan decides
-        s["policy_line_fraction"] = sum(1 for ln in nonblank if POLICY_PATTERN.search(ln.lower())) / len(nonblank)
+        s["policy_line_fraction"] = sum(1 for ln in lowered.split("\n") if ln.strip() and POLICY_PATTERN.search(ln)) / len(nonblank)
     s["lorem_ipsum"] = float("lorem ipsum" in lowered)
     if cjk:
         n_cjk = len(CJK_CHAR.findall(text))
