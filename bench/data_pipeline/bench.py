@@ -37,7 +37,6 @@ import re
 import shutil
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,14 +161,21 @@ def score(removed: set[str], reached: set[str], planted: list[dict]) -> dict:
     return out
 
 
+def pipeline_config():
+    """configs/data_pipeline.yaml without Hydra's own block."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(REPO / "configs/data_pipeline.yaml")
+    return OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+
+
 def run_ours(inp: Path, out: Path, lang: str, overrides: list[str]) -> dict:
     import pyarrow.parquet as pq
     from omegaconf import OmegaConf
 
     from data_pipeline.pipeline import run
 
-    cfg = OmegaConf.load(REPO / "configs/data_pipeline.yaml")
-    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    cfg = pipeline_config()
     cfg.input, cfg.output = str(inp / "*.jsonl.gz"), str(out)
     cfg.ray.progress = False
     cfg.heldout.fraction = 0.0  # score dedup on one output
@@ -209,20 +215,12 @@ def _parse(value: str):
     return yaml.safe_load(value)
 
 
-def run_datatrove(inp: Path, out: Path, lang: str, workers: int) -> dict:
-    from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
-    from datatrove.pipeline.dedup.minhash import MinhashConfig
-    from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
-    from datatrove.pipeline.readers import JsonlReader
-    from datatrove.pipeline.writers import JsonlWriter
-    from datatrove.utils.hashing import HashConfig
+def regex_tokenizer(lang: str):
+    """Words for en, characters for zh, as our quality rules split; stands in for spaCy (not installed)."""
     from datatrove.utils.word_tokenizers import WordTokenizer
 
     class RegexTokenizer(WordTokenizer):
-        """Words for en, characters for zh; stands in for spaCy (not installed)."""
-
-        pattern = re.compile(r"\S+") if lang not in CJK else re.compile(r"\S")  # as our quality rules split
+        pattern = re.compile(r"\S+") if lang not in CJK else re.compile(r"\S")
 
         def word_tokenize(self, text: str) -> list[str]:
             return self.pattern.findall(text)
@@ -233,12 +231,13 @@ def run_datatrove(inp: Path, out: Path, lang: str, workers: int) -> dict:
         def span_tokenize(self, text: str) -> list[tuple[int, int]]:
             return [m.span() for m in self.pattern.finditer(text)]
 
-    tok = RegexTokenizer(lang)
-    _patch_datatrove_xxhash()
-    shutil.rmtree(out, ignore_errors=True)
-    files = sorted(p.name for p in inp.glob("*.jsonl.gz"))
-    tasks = len(files)
-    # the thresholds of configs/data_pipeline.yaml, so both tools keep about the same documents
+    return RegexTokenizer(lang)
+
+
+def datatrove_filters(lang: str, tok) -> list:
+    """datatrove's filters with the thresholds of configs/data_pipeline.yaml, so both tools keep about the same."""
+    from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+
     filters = [GopherRepetitionFilter(dup_line_frac=0.4, dup_para_frac=0.4, dup_line_char_frac=0.3, dup_para_char_frac=0.3,
                                       top_n_grams=((2, 0.55), (3, 0.55), (4, 0.55)),
                                       dup_n_grams=((5, 0.75), (6, 0.72), (7, 0.7), (8, 0.68), (9, 0.66), (10, 0.64)),
@@ -250,7 +249,30 @@ def run_datatrove(inp: Path, out: Path, lang: str, workers: int) -> dict:
                                     filter_curly_bracket=False, remove_citations=False, language=tok),
                     FineWebQualityFilter(line_punct_thr=0.0, short_line_thr=0.9, char_duplicates_ratio=0.3,
                                          new_line_ratio=0.5, language=tok)]
-    config = MinhashConfig(hash_config=HashConfig(precision=64), n_grams=5, num_buckets=48, hashes_per_bucket=3)
+    return filters
+
+
+def minhash_config():
+    """The same shingles and banding as our default: word/char 5-grams, 48 bands x 3 rows."""
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.utils.hashing import HashConfig
+
+    return MinhashConfig(hash_config=HashConfig(precision=64), n_grams=5, num_buckets=48, hashes_per_bucket=3)
+
+
+def run_datatrove(inp: Path, out: Path, lang: str, workers: int) -> dict:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    tok = regex_tokenizer(lang)
+    _patch_datatrove_xxhash()
+    shutil.rmtree(out, ignore_errors=True)
+    files = sorted(p.name for p in inp.glob("*.jsonl.gz"))
+    tasks = len(files)
+    filters = datatrove_filters(lang, tok)
+    config = minhash_config()
     logs = out / "logs"
     start = time.time()
     LocalPipelineExecutor(pipeline=[JsonlReader(str(inp)), *filters, JsonlWriter(str(out / "filtered"))],
