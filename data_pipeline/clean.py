@@ -1,10 +1,10 @@
 """The per-document stages, applied to one batch: normalise, identify language, filter, scrub PII, sign.
 
-This is the body of the Ray ``map_batches`` call (data_pipeline/stage1.py). Every input row leaves as
-exactly one output row whose ``status`` says what happened to it (kept,
-dropped with stage and reason, or quarantined), so nothing can be lost between
-reading and the report. Dropped rows keep only the first 200 characters: the
-report needs an example, not the whole document.
+Called on batches of reader rows by the Ray task of data_pipeline/stage1.py.
+Every input row leaves as exactly one output row whose ``status`` says what
+happened to it (kept, dropped with stage and reason, or quarantined), so
+nothing can be lost between reading and the report. Dropped rows keep only
+the first 200 characters: the report needs an example, not the whole document.
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ def clean_record(rec: dict, cfg: Any) -> dict:
     return row
 
 
-def clean_batch(batch: pa.Table, cfg: Any) -> pa.Table:
-    """Clean every row, then MinHash all kept rows of the batch in one vectorised call."""
-    rows = [clean_record(rec, cfg) for rec in batch.to_pylist()]
+def clean_records(records: list[dict], cfg: Any) -> pa.Table:
+    """Clean every reader row, then MinHash all kept rows in one vectorised call."""
+    rows = [clean_record(rec, cfg) for rec in records]
     kept = [r for r in rows if r["status"] == "kept"]
     if kept and cfg.dedup.fuzzy:
         shingles = [shingle_hashes(r["text"], r["lang"], cfg.dedup) for r in kept]

@@ -16,13 +16,20 @@ files without a marker.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from data_pipeline.readers import InputFile, iter_records
+
+log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 READ_COLUMNS = ("kind", "id", "text", "line", "source", "lang_hint", "file", "error", "raw")
@@ -36,15 +43,26 @@ def is_done(work: Path, key: str) -> bool:
     return (stage1_dir(work, key) / SUCCESS).exists()
 
 
-def read_file_rows(item: dict, read_cfg: Any) -> list[dict]:
-    """Ray flat_map body: every record or quarantine row of one file, with uniform columns."""
-    rows = []
+def reader_rows(item: dict, read_cfg: Any) -> Iterator[dict]:
+    """Every record or quarantine row of one file, with uniform columns."""
     for rec in iter_records(item["path"], read_cfg, item["source"]):
         row = {k: rec.get(k) for k in READ_COLUMNS}
         row["file"] = item["path"]
         row["file_key"] = item["key"]
-        rows.append(row)
-    return rows
+        yield row
+
+
+def clean_files(files: pa.Table, cfg: Any) -> Iterator[pa.Table]:
+    """Ray ``map_batches`` body: read each file and clean it ``ray.batch_size`` rows at a time.
+
+    A generator, so one task holds one batch in memory, not the whole file.
+    """
+    from data_pipeline.clean import clean_records
+
+    for item in files.to_pylist():
+        rows = reader_rows(item, cfg.read)
+        while batch := list(itertools.islice(rows, int(cfg.ray.batch_size))):
+            yield clean_records(batch, cfg)
 
 
 def clear_stale_staging(work: Path) -> None:
@@ -65,25 +83,21 @@ def run_group(files: list[InputFile], cfg: Any, work: Path) -> None:
     """Read, clean and sign one group of files in one Ray Data job, then commit each file."""
     import ray.data
 
-    from data_pipeline.clean import clean_batch
     from data_pipeline.config import plain
 
     ctx = ray.data.DataContext.get_current()
-    ctx.target_max_block_size = int(cfg.ray.block_bytes)  # many small blocks: one big file spreads over workers
     ctx.enable_progress_bars = bool(cfg.ray.progress)
     ctx.verbose_stats_logs = False
-    plain_cfg = plain(cfg)
     staging = work / f"staging-{uuid.uuid4().hex[:12]}"
     items = [{"path": f.path, "key": f.key, "source": f.source} for f in files]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    # Cleaning runs as plain tasks, not actors: Ray keeps worker processes alive between jobs, so the
-    # imports and the language model (loaded once per process) are paid once per worker, not per job.
-    # Reading and writing ask for a sliver of a CPU; the different resource shape also keeps Ray from
-    # fusing read and clean into one task per file, so the blocks of one big file spread over workers.
-    ds = ds.flat_map(read_file_rows, fn_args=(plain_cfg["read"],), num_cpus=0.1)
-    ds = ds.map_batches(clean_batch, fn_args=(plain_cfg,), batch_size=int(cfg.ray.batch_size),
-                        batch_format="pyarrow", num_cpus=1)
-    ds.write_parquet(str(staging), partition_cols=["file_key"], ray_remote_args={"num_cpus": 0.1})
+    # One operator reads, cleans and (fused by Ray Data: same resources) writes each file, so every
+    # task runs on one of a few warm workers. Reading as a separate operator cost more than the
+    # cleaning it fed on a 2-core machine: the extra operator's tasks kept starting cold workers
+    # (2-3 CPU-s of imports each) and Ray Data's per-operator budget ran the cleaning tasks one at a
+    # time. Parallelism is therefore per file, as in datatrove and Ray Data's own readers.
+    ds = ds.map_batches(clean_files, fn_args=(plain(cfg),), batch_size=1, batch_format="pyarrow", num_cpus=1)
+    ds.write_parquet(str(staging), partition_cols=["file_key"], ray_remote_args={"num_cpus": 1})
     for f in files:
         produced = staging / f"file_key={f.key}"
         target = stage1_dir(work, f.key)
@@ -98,11 +112,23 @@ def run_group(files: list[InputFile], cfg: Any, work: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def _warn_if_too_few_files(pending: int, group: int) -> None:
+    """Say so when files, the unit of parallelism, are fewer than the CPUs that could clean them."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    busy = min(pending, group)
+    if 0 < busy < cpus:
+        log.warning("stage 1 cleans one file per task, so %d file(s) per job keep only %d of %d CPUs busy; "
+                    "split the input into more files or raise resume.files_per_commit", busy, busy, cpus)
+
+
 def run_stage1(files: list[InputFile], cfg: Any, work: Path) -> dict[str, int]:
     """Process every file without a _SUCCESS marker; return how many were processed and reused."""
     clear_stale_staging(work)
     pending = [f for f in files if not is_done(work, f.key)]
     group = int(cfg.resume.files_per_commit)
+    _warn_if_too_few_files(len(pending), group)
     for start in range(0, len(pending), group):
         run_group(pending[start:start + group], cfg, work)
     return {"files_processed": len(pending), "files_reused": len(files) - len(pending)}

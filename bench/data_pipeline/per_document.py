@@ -2,7 +2,7 @@
 
     python bench/data_pipeline/per_document.py OUT/input_en/en_bench_000.jsonl.gz en
 
-Ours: ``clean_batch`` (normalise, language id, quality rules, PII, exact hash,
+Ours: ``clean_records`` (normalise, language id, quality rules, PII, exact hash,
 MinHash signature and bands) in batches of 128. datatrove: the filters that
 bench.py gives it, then ``MinhashDedupSignature``'s shingling and signature
 for each document the filters keep. Process CPU time, so other load on the
@@ -20,20 +20,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import REPO, _patch_datatrove_xxhash, datatrove_filters, minhash_config, pipeline_config, regex_tokenizer  # noqa: E402
 
 sys.path.insert(0, str(REPO))
-BATCH = 128  # documents per clean_batch call, as ray.batch_size
+BATCH = 128  # documents per clean_records call, as ray.batch_size
 
 
 def ours_cpu_seconds(rows: list[dict], plain_cfg) -> float:
     """CPU seconds of our per-document stages over ``rows``, in batches as Ray would hand them."""
-    import pyarrow as pa
+    from data_pipeline.clean import clean_records
 
-    from data_pipeline.clean import clean_batch
-
-    table = pa.Table.from_pylist(rows)
-    clean_batch(table.slice(0, 2), plain_cfg)  # load the language model outside the timing
+    clean_records(rows[:2], plain_cfg)  # load the language model outside the timing
     start = time.process_time()
-    for i in range(0, len(table), BATCH):
-        clean_batch(table.slice(i, BATCH), plain_cfg)
+    for i in range(0, len(rows), BATCH):
+        clean_records(rows[i:i + BATCH], plain_cfg)
     return time.process_time() - start
 
 
@@ -58,13 +55,13 @@ def datatrove_cpu_seconds(rows: list[dict], lang: str, scratch: Path) -> tuple[f
 
 def main() -> None:
     from data_pipeline.config import plain
-    from data_pipeline.stage1 import read_file_rows
+    from data_pipeline.stage1 import reader_rows
 
     path, lang = sys.argv[1], sys.argv[2]
     cfg = pipeline_config()
     cfg.input, cfg.output = path, "unused"
     plain_cfg = plain(cfg)
-    rows = [r for r in read_file_rows({"path": path, "key": "k", "source": "s"}, plain_cfg["read"]) if r["text"]]
+    rows = [r for r in reader_rows({"path": path, "key": "k", "source": "s"}, plain_cfg["read"]) if r["text"]]
     mb = sum(len(r["text"].encode()) for r in rows) / 1e6
     ours = ours_cpu_seconds(rows, plain_cfg)
     theirs, signed = datatrove_cpu_seconds(rows, lang, Path(path).parent / "_dt_sig_scratch")
