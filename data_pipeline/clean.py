@@ -61,7 +61,7 @@ def clean_record(rec: dict, cfg: Any) -> dict:
             if reason:
                 return drop("normalize", reason)
         elif stage == "language":
-            row["lang"], row["lang_score"] = identify(text, cfg.language.max_chars, cfg.language.aliases)
+            row["lang"], row["lang_score"] = identify(text, cfg.language.max_bytes, cfg.language.aliases)
             reason = language_verdict(row["lang"], row["lang_score"], cfg.language)
             if reason:
                 return drop("language", reason)

@@ -58,6 +58,7 @@ def validate(cfg: DictConfig) -> None:
                  "quality thresholds are per language, so 'language' must come before 'quality'")
     _require(0.0 <= float(cfg.normalize.max_bad_char_fraction) <= 1.0, "normalize.max_bad_char_fraction", "must be in [0, 1]")
     _require(len(cfg.language.allowed) > 0, "language.allowed", "must list at least one language")
+    _require(int(cfg.language.max_bytes) > 0, "language.max_bytes", "must be positive")
     _require("default" in cfg.quality, "quality.default", "is required (thresholds for languages without a block)")
     for lang, block in cfg.quality.items():
         _require(block.get("units", "words") in ("words", "chars"), f"quality.{lang}.units", "must be 'words' or 'chars'")

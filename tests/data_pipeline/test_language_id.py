@@ -20,7 +20,7 @@ SAMPLES = {
 @pytest.mark.parametrize("lang", sorted(SAMPLES))
 def test_allowed_languages_are_identified_and_kept(lang):
     cfg = plain(load_config(input="x", output="y")).language
-    got, score = identify(SAMPLES[lang], cfg.max_chars, cfg.aliases)
+    got, score = identify(SAMPLES[lang], cfg.max_bytes, cfg.aliases)
     assert got == lang
     assert 0.0 <= score <= 1.0
     assert language_verdict(got, score, cfg) is None
@@ -37,3 +37,15 @@ def test_low_confidence_and_aliases():
     cfg = plain(load_config(input="x", output="y")).language
     assert language_verdict("en", 0.1, cfg) == "language_low_confidence"
     assert identify("x", 10, {"en": "zz", "de": "zz", "la": "zz"})[0] not in {"en", "de", "la"}
+
+
+def test_only_the_first_max_bytes_of_utf8_are_classified():
+    zh = SAMPLES["zh"] * 20  # ~2300 bytes, 3 bytes a character
+    en = SAMPLES["en"] * 40
+    assert identify(zh + en, 1000)[0] == "zh"  # the English tail is beyond the budget
+    assert identify(en + zh, 1000)[0] == "en"
+    # a budget that ends inside a 3-byte character drops the partial character instead of failing
+    for budget in (1, 2, 4, 5, 1001):
+        lang, score = identify(zh, budget)
+        assert 0.0 <= score <= 1.0
+    assert identify("中" * 10, 3) == identify("中", 1000)
