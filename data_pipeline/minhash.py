@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from data_pipeline.text_units import chars, ngram_hashes, to_uint32, unit_hashes, words
+from data_pipeline.text_units import char_codes, mix64, ngram_hashes, to_uint32, unit_hashes, words
 
 SHIFT = np.uint64(32)
 MAX_HASH = np.uint64(0xFFFFFFFF)
@@ -41,13 +41,14 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def shingle_hashes(text: str, lang: str, cfg: Any) -> np.ndarray:
     """Distinct 32-bit shingle hashes; fewer units than n gives one shingle of the whole text."""
     if lang in cfg.cjk_langs:
-        units, n = chars(text), int(cfg.char_ngram)
+        n = int(cfg.char_ngram)
+        hashes = mix64(char_codes(text))  # one vectorised pass: a zh document has thousands of units
     else:
-        units, n = words(text), int(cfg.word_ngram)
-    if not units:
+        n = int(cfg.word_ngram)
+        hashes = unit_hashes(words(text))
+    if not len(hashes):
         return np.empty(0, dtype=np.uint64)
-    hashes = unit_hashes(units)
-    grams = ngram_hashes(hashes, min(n, len(units)))
+    grams = ngram_hashes(hashes, min(n, len(hashes)))
     return np.unique(to_uint32(grams))
 
 

@@ -3,8 +3,9 @@
 Quality rules and MinHash both look at n-grams. Hashing each unit once and
 combining the unit hashes into n-gram hashes with vectorised arithmetic keeps
 the per-n-gram cost out of the Python interpreter, which is where a pure
-Python pipeline spends its time. Hashes are xxhash (seeded, identical in every
-process) rather than Python's ``hash``, which is salted per process.
+Python pipeline spends its time. Words are hashed with xxhash and characters
+with a splitmix64 mix of their code points: both are identical in every
+process, unlike Python's ``hash``, which is salted per process.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import xxhash
 
 WORD = re.compile(r"\w+", re.UNICODE)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
+_MIX2 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX3 = np.uint64(0x94D049BB133111EB)
 _MASK32 = np.uint64(0xFFFFFFFF)
 
 
@@ -24,12 +27,23 @@ def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
-def chars(text: str) -> list[str]:
-    """Non-space characters: the units for languages written without spaces (zh, ja).
+def char_codes(text: str) -> np.ndarray:
+    """Code points of the non-space characters, lower-cased: the units for zh and ja, as an array.
 
-    ``str.split()`` drops exactly the characters ``str.isspace`` calls space, in C.
+    ``str.split()`` drops exactly the characters ``str.isspace`` calls space, in
+    C, and UTF-32 turns the rest into code points without a Python loop.
     """
-    return list("".join(text.lower().split()))
+    joined = "".join(text.lower().split())
+    return np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+
+
+def mix64(values: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a well-mixed uint64 per value (a code point is a hash key, not a hash)."""
+    with np.errstate(over="ignore"):
+        z = values + _MIX
+        z = (z ^ (z >> np.uint64(30))) * _MIX2
+        z = (z ^ (z >> np.uint64(27))) * _MIX3
+        return z ^ (z >> np.uint64(31))
 
 
 def unit_ids(units: list[str]) -> tuple[np.ndarray, list[str]]:

@@ -53,3 +53,15 @@ def test_cjk_uses_character_shingles_and_batches_match_single_docs():
     alone = np.vstack([signatures([s], 64, 3) for s in sets])
     assert np.array_equal(together, alone)
     assert (together[-1] == np.uint32(0xFFFFFFFF)).all()
+
+
+def test_character_units_ignore_spaces_and_case_and_never_collide():
+    from data_pipeline.text_units import char_codes, mix64
+
+    cfg = dcfg()
+    assert list(char_codes("软件 包\n管Ab")) == [ord(c) for c in "软件包管ab"]
+    assert np.array_equal(shingle_hashes("软件包 管理器\t下载", "zh", cfg), shingle_hashes("软件包管理器下载", "zh", cfg))
+    every_bmp_code_point = np.arange(0x10000, dtype=np.uint64)
+    assert len(np.unique(mix64(every_bmp_code_point))) == 0x10000  # distinct characters, distinct hashes
+    short = shingle_hashes("软件", "zh", cfg)  # fewer characters than n: one shingle of the whole text
+    assert len(short) == 1
