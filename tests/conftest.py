@@ -1,4 +1,4 @@
-"""Shared fixtures: one real local Ray cluster per test session, repo paths."""
+"""Shared fixtures: a real local Ray cluster for the tests that need one, repo paths."""
 
 from __future__ import annotations
 
@@ -18,13 +18,35 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """A real local Ray cluster shared by every test that needs one (starting one costs ~3 s)."""
+def _start_ray():
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  configure_logging=False, ignore_reinit_error=True)
-    yield ray
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster shared by consecutive tests that need one (starting one costs ~3 s)."""
+    yield _start_ray()
+    import ray
+
     ray.shutdown()
+
+
+def pytest_runtest_setup(item):
+    """Restart Ray for a test that needs it after the hook below stopped it."""
+    if "ray_cluster" in item.fixturenames:
+        _start_ray()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Stop Ray once the next test does not need it: an idle cluster costs ~5% of a core for the
+    rest of the session (raylet, GCS and agents polling), time the multi-process tests want."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and nextitem is not None and "ray_cluster" not in nextitem.fixturenames:
+        ray.shutdown()
