@@ -81,6 +81,10 @@ def test_job_is_preempted_requeued_and_resumes_from_its_checkpoint(tmp_path):
         _wait(lambda: _scontrol_field(job_id, "Restarts") == "1" and _scontrol_field(job_id, "JobState") == "PENDING",
               60, "the job to be requeued", job_id, log_dir)
         # Slurm holds a requeued job for ~2 minutes (Reason=BeginTime); release it now to keep the test short.
+        # Not within the same second as the requeue: slurmd revoked the first attempt's credential at
+        # one-second resolution and kills a relaunch whose credential carries that second ("Job
+        # credential revoked", seen once in a full suite run).
+        time.sleep(2)
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
         _wait(lambda: _scontrol_field(job_id, "JobState") in ("COMPLETED", "FAILED", "CANCELLED"),
               120, "the requeued job to finish", job_id, log_dir)
