@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import xxhash
 
-from data_pipeline.language_id import identify, language_verdict
+from data_pipeline.language_id import identify_document, language_verdict
 from data_pipeline.minhash import band_hashes, shingle_hashes, signatures
 from data_pipeline.normalize import dedup_key_text, normalize_document
 from data_pipeline.pii import PLACEHOLDERS, scrub
@@ -61,7 +61,7 @@ def clean_record(rec: dict, cfg: Any) -> dict:
             if reason:
                 return drop("normalize", reason)
         elif stage == "language":
-            row["lang"], row["lang_score"] = identify(text, cfg.language.max_bytes, cfg.language.aliases)
+            row["lang"], row["lang_score"] = identify_document(text, cfg.language)
             reason = language_verdict(row["lang"], row["lang_score"], cfg.language)
             if reason:
                 return drop("language", reason)

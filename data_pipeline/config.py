@@ -59,6 +59,7 @@ def validate(cfg: DictConfig) -> None:
     _require(0.0 <= float(cfg.normalize.max_bad_char_fraction) <= 1.0, "normalize.max_bad_char_fraction", "must be in [0, 1]")
     _require(len(cfg.language.allowed) > 0, "language.allowed", "must list at least one language")
     _require(int(cfg.language.max_bytes) > 0, "language.max_bytes", "must be positive")
+    _require(int(cfg.language.retry_bytes) >= 0, "language.retry_bytes", "must be >= 0 (0: no retry)")
     _require("default" in cfg.quality, "quality.default", "is required (thresholds for languages without a block)")
     for lang, block in cfg.quality.items():
         _require(block.get("units", "words") in ("words", "chars"), f"quality.{lang}.units", "must be 'words' or 'chars'")

@@ -40,11 +40,30 @@ def identify(text: str, max_bytes: int, aliases: Any = None) -> tuple[str, float
     return lang, float(score)
 
 
+def identify_document(text: str, cfg: Any) -> tuple[str, float]:
+    """``identify`` on the first ``cfg.max_bytes``, retried on ``cfg.retry_bytes`` when the label is not trusted.
+
+    Openings that are mostly code or English headings mislead a short prefix:
+    two real documents of the demo corpus score 0.28 and 0.285 on 1000 bytes,
+    below ``min_score``, and 0.86 (zh) and 0.98 (en) on 4000. Low scores are
+    rare, so the retry costs little.
+    """
+    max_bytes, retry_bytes = int(cfg.max_bytes), int(cfg.retry_bytes)
+    lang, score = identify(text, max_bytes, cfg.aliases)
+    if score < _min_score(lang, cfg) and retry_bytes > max_bytes \
+            and len(text.encode("utf-8", "surrogatepass")) > max_bytes:  # only if there is more to read
+        lang, score = identify(text, retry_bytes, cfg.aliases)
+    return lang, score
+
+
+def _min_score(lang: str, cfg: Any) -> float:
+    return cfg.min_score.get(lang, cfg.min_score.get("default", 0.0))
+
+
 def language_verdict(lang: str, score: float, cfg: Any) -> str | None:
     """Reason to drop, or None to keep."""
     if lang not in cfg.allowed:
         return "language_not_allowed"
-    min_score = cfg.min_score.get(lang, cfg.min_score.get("default", 0.0))
-    if score < min_score:
+    if score < _min_score(lang, cfg):
         return "language_low_confidence"
     return None

@@ -3,9 +3,9 @@
 import pytest
 
 from data_pipeline.config import plain
-from data_pipeline.language_id import identify, language_verdict
+from data_pipeline.language_id import identify, identify_document, language_verdict
 
-from .conftest import load_config
+from .conftest import load_config, read_corpus
 
 SAMPLES = {
     "en": "The package manager downloads the archive, verifies its signature and installs the files.",
@@ -49,3 +49,15 @@ def test_only_the_first_max_bytes_of_utf8_are_classified():
         lang, score = identify(zh, budget)
         assert 0.0 <= score <= 1.0
     assert identify("中" * 10, 3) == identify("中", 1000)
+
+
+def test_an_untrusted_label_is_retried_on_more_text():
+    cfg = plain(load_config(input="x", output="y")).language
+    # a real section whose first 1000 bytes are mostly an English config listing
+    (text,) = [r["text"] for r in read_corpus("zh_classical") if r["id"] == "zh_classical-00112"]
+    short_lang, short_score = identify(text, cfg.max_bytes, cfg.aliases)
+    assert short_score < cfg.min_score["default"]  # the opening alone is not trusted
+    lang, score = identify_document(text, cfg)
+    assert lang == "zh" and score > 0.5
+    no_retry = plain({**cfg, "retry_bytes": 0})
+    assert identify_document(text, no_retry) == (short_lang, short_score)
