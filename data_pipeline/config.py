@@ -10,8 +10,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-KNOWN_STAGES = ("normalize", "language", "quality", "pii")
-
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names the key."""
@@ -49,13 +47,9 @@ def validate(cfg: DictConfig) -> None:
     for key in ("input", "output"):
         _require(OmegaConf.select(cfg, key, default=None) not in (None, "", "???")
                  and not OmegaConf.is_missing(cfg, key), key, "is required (e.g. input='data/*.jsonl.gz' output=/tmp/out)")
-    stages = list(cfg.stages)
-    for stage in stages:
-        _require(stage in KNOWN_STAGES, "stages", f"unknown stage '{stage}'; known: {list(KNOWN_STAGES)}")
-    _require(len(set(stages)) == len(stages), "stages", "a stage is listed twice")
-    if "quality" in stages:
-        _require("language" in stages and stages.index("language") < stages.index("quality"), "stages",
-                 "quality thresholds are per language, so 'language' must come before 'quality'")
+    from data_pipeline.stages import stage_classes  # here, not at the top: data_pipeline.stages imports ConfigError
+
+    stage_classes(list(cfg.stages))  # unknown, repeated or out-of-order names
     _require(0.0 <= float(cfg.normalize.max_bad_char_fraction) <= 1.0, "normalize.max_bad_char_fraction", "must be in [0, 1]")
     _require(len(cfg.language.allowed) > 0, "language.allowed", "must list at least one language")
     _require(int(cfg.language.max_bytes) > 0, "language.max_bytes", "must be positive")

@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_pipeline.clean import EXAMPLE_CHARS, PII_KINDS
+from data_pipeline.clean import EXAMPLE_CHARS
 from data_pipeline.split import heldout_mask
+from data_pipeline.stages.pii import PII_KINDS
 
 INTERNAL_COLUMNS = ("file_key", "status", "stage", "reason", "file", "line", "error", "exact_hash", "bands", "signature")
 MAX_EXAMPLES = 3
