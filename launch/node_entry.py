@@ -6,7 +6,7 @@ torchrun does not handle SIGUSR1, so without care it would die before the
 trainer could save. The wrapper therefore starts its child with SIGUSR1
 *ignored* (an ignored disposition survives fork/exec, so torchrun and the
 workers it spawns inherit it); the trainer re-enables it with
-:func:`launch.preemption.install_preemption_handler`. The wrapper itself
+:func:`pretrain.preemption.install_preemption_handler`. The wrapper itself
 records that the signal came, waits for the child, and requeues the job when
 the child stopped early (see :func:`should_requeue`).
 
@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 
-from launch.preemption import PREEMPTED_EXIT_CODE, PREEMPTION_SIGNAL
+from pretrain.preemption import PREEMPTED_EXIT_CODE, PREEMPTION_SIGNAL
 from launch.rendezvous import torch_env_for_slurm_task
 
 REFORWARD_INTERVAL_S = 10.0

@@ -4,7 +4,7 @@ It exercises, in seconds and on CPUs, everything a real training job needs
 from the launcher: the torchrun/srun rendezvous (a gloo all-reduce across all
 ranks), a checkpoint written every few steps with a ``latest`` pointer, resume
 from that pointer with no flag, and the preemption contract of
-:mod:`launch.preemption` (save on SIGUSR1, exit with PREEMPTED_EXIT_CODE,
+:mod:`pretrain.preemption` (save on SIGUSR1, exit with PREEMPTED_EXIT_CODE,
 requeue). It follows that contract exactly as the trainer must, so it doubles
 as its reference implementation. Run it first on a new cluster:
 ``python -m launch stage=launch.probe cluster=... run_dir=... steps=20``.
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from launch.preemption import install_preemption_handler
+from pretrain.preemption import install_preemption_handler
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:

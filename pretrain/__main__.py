@@ -66,22 +66,16 @@ def main(cfg: DictConfig) -> None:
         sys.exit(relaunch_locally(world_size, overrides))
     from pretrain.train import run, shutdown
 
+    summary = run(cfg)
+    if summary is not None:
+        print_summary(summary)
+    shutdown()
     if cfg.get("backend", "megatron") == "deepspeed":
-        from pretrain.ds_backend import run_deepspeed
-
-        summary = run_deepspeed(cfg)
-        if summary is not None:
-            print_summary(summary)
-        shutdown()
         # DeepSpeed workers may abort at interpreter exit ("terminate called without an
         # active exception"): the process group is gone, leave without the teardown.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-    summary = run(cfg)
-    if summary is not None:
-        print_summary(summary)
-    shutdown()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ data-parallel ranks take interleaved windows and the sums are all-reduced.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Iterator
 
 import torch
@@ -137,12 +136,3 @@ def format_table(results: dict[str, dict[str, dict]]) -> str:
             lines.append(f"{kind[3:]:<10} {name:<20} {row['loss']:>8.4f} {row['perplexity']:>10.2f} "
                          f"{bpb:>8} {row['tokens']:>9}")
     return "\n".join(lines)
-
-
-def eval_forward_step(data_iterator: Iterator, model: torch.nn.Module):
-    """Like the training forward step, on pre-built windows."""
-    from pretrain.train import device, loss_func
-
-    batch = {k: v.to(device(), non_blocking=True) for k, v in next(data_iterator).items()}
-    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
-    return output, partial(loss_func, batch["loss_mask"])

@@ -93,6 +93,11 @@ class RunMonitor:
         if layout:
             self._print(format_layout(layout))
 
+    @property
+    def wandb(self):
+        """The W&B run, or None when W&B is disabled."""
+        return self._wandb
+
     def event(self, name: str, step: int, **fields: Any) -> None:
         """Non-step rows (start, resume, checkpoint, eval) share the file; ``event`` tells them apart."""
         self._file.write(json.dumps({"event": name, "step": step, "time": time.time(), **fields}) + "\n")
@@ -134,7 +139,7 @@ class RunMonitor:
         else:
             print(line, flush=True)
 
-    def finish(self, checkpoints: list[str]) -> dict[str, Any]:
+    def finish(self, checkpoints: list[str], backend: str = "megatron") -> dict[str, Any]:
         if self._bar is not None:
             self._bar.close()
         self._file.close()
@@ -157,6 +162,7 @@ class RunMonitor:
             "this_run_steps": len([r for r in steps if r["step"] > self.start_step]),
             "resumed_at": resumes,
             "checkpoints": checkpoints,
+            "backend": backend,
         }
         (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         plot_loss(steps, evals, resumes, self.run_dir / LOSS_PLOT)

@@ -89,22 +89,12 @@ def write_stage_config(cfg: DictConfig, stage_dir: Path) -> Path:
     return path
 
 
-def trainer_applies_growth() -> bool:
-    """Whether ``python -m pretrain`` itself builds the masked model and ramps it
-    (``pretrain.train.GROWTH_AWARE``); otherwise grown stages run in :mod:`pretrain.growth.stage`."""
-    import pretrain.train
-
-    return bool(getattr(pretrain.train, "GROWTH_AWARE", False))
-
-
 def run_trainer(stage_dir: Path, cfg: DictConfig) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    if OmegaConf.select(cfg, "growth.spec") is not None and not trainer_applies_growth():
-        args = ["-m", "pretrain.growth.stage", str((stage_dir / STAGE_CONFIG).resolve())]
-    else:
-        args = ["-m", "pretrain", "--config-dir", str(stage_dir.resolve()), "--config-name", "stage"]
+    # The trainer builds the masked model and ramps it (pretrain.train.callbacks.growth_ramp).
+    args = ["-m", "pretrain", "--config-dir", str(stage_dir.resolve()), "--config-name", "stage"]
     n = world_size(cfg)
     cmd = [sys.executable, *(["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] if n > 1
                              else []), *args]
@@ -137,10 +127,10 @@ def grow_into(previous: DictConfig, stage: Stage, cfg: DictConfig) -> DictConfig
                                 f"{checkpoint_name(end)} in {previous.run_dir}, found {source}")
     activate_cpu_shims()
     if not dist.is_initialized():
-        from pretrain.train import _free_port
+        from pretrain.train.setup import free_port
 
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
         dist.init_process_group("gloo", rank=0, world_size=1)
     target = checkpoints_root(cfg.run_dir) / checkpoint_name(end)
     grown = grow_checkpoint(source, target, cfg, ramp_iters=stage.mask_ramp_iters,

@@ -112,7 +112,7 @@ def build(cfg, masked: bool):
     from megatron.core import parallel_state
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
-    from pretrain import optim, train
+    from pretrain import optim
     from pretrain.growth.masked import build_masked_model
     from pretrain.model import build_model
 
@@ -125,7 +125,9 @@ def build(cfg, masked: bool):
     model[0].broadcast_params()
     optimizer = optim.build_optimizer(cfg, model)
     scheduler = optim.build_scheduler(cfg, optimizer)
-    train.wire_schedule_hooks(model, optimizer, cfg)
+    from pretrain.train.megatron_step import wire_schedule_hooks
+
+    wire_schedule_hooks(model, optimizer, cfg)
     return model, optimizer, scheduler
 
 
@@ -137,19 +139,20 @@ def data_parallel_size(model) -> int:
 def step(model, optimizer, scheduler, seed: int) -> float:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from pretrain import train
+    from pretrain.train.forward import forward_step
+    from pretrain.train.megatron_step import reduce_losses
 
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     count = GBS // MBS // data_parallel_size(model)
     losses = get_forward_backward_func()(
-        forward_step_func=train.forward_step, data_iterator=microbatches(seed, count), model=model,
+        forward_step_func=forward_step, data_iterator=microbatches(seed, count), model=model,
         num_microbatches=count, seq_length=SEQ, micro_batch_size=MBS, forward_only=False)
     updated, _, _ = optimizer.step()
     assert updated
     scheduler.step(increment=1)
-    return train.reduce_losses(losses)
+    return reduce_losses(losses)
 
 
 @torch.no_grad()
@@ -157,17 +160,18 @@ def fixed_batch_loss(model) -> float:
     """Loss on the same 4 sequences whatever the layout (each DP rank its share)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from pretrain import train
+    from pretrain.train.forward import forward_step
+    from pretrain.train.megatron_step import reduce_losses
 
     count = GBS // MBS // data_parallel_size(model)
     for chunk in model:
         chunk.eval()
     losses = get_forward_backward_func()(
-        forward_step_func=train.forward_step, data_iterator=microbatches(999, count), model=model,
+        forward_step_func=forward_step, data_iterator=microbatches(999, count), model=model,
         num_microbatches=count, seq_length=SEQ, micro_batch_size=MBS, forward_only=True)
     for chunk in model:
         chunk.train()
-    return train.reduce_losses(losses)
+    return reduce_losses(losses)
 
 
 def train_old(old_layout: str, mup: bool, out_dir: Path) -> dict:
@@ -258,7 +262,7 @@ def run_scenario(name: str, out_dir: Path, old_runs: dict) -> dict:
 
 def main() -> None:
     from pretrain.cpu_shims import activate_cpu_shims
-    from pretrain.train import init_distributed  # noqa: F401  (trainer importable)
+    from pretrain.train.setup import init_distributed  # noqa: F401  (trainer importable)
 
     activate_cpu_shims()
     out_dir, names = Path(sys.argv[1]), sys.argv[2].split(",")

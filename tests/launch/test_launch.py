@@ -12,7 +12,7 @@ from pathlib import Path
 
 from launch.cli_args import split_argv
 from launch.node_entry import should_requeue
-from launch.preemption import PREEMPTED_EXIT_CODE, install_preemption_handler
+from pretrain.preemption import PREEMPTED_EXIT_CODE, install_preemption_handler
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

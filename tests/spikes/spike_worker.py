@@ -92,7 +92,7 @@ def check_log_z_tp2() -> dict:
     import torch
     from megatron.core import parallel_state
 
-    from pretrain.spikes import log_z
+    from pretrain.train.callbacks.z_loss import log_z
 
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=2)
     rank = parallel_state.get_tensor_model_parallel_rank()

@@ -115,7 +115,7 @@ def test_z_loss_tp2_matches_tp1_and_trains(runs):
 def test_log_z_single_process_is_logsumexp():
     import torch
 
-    from pretrain.spikes import log_z
+    from pretrain.train.callbacks.z_loss import log_z
 
     logits = torch.randn(4, 2, 10) * 5
     torch.testing.assert_close(log_z(logits), torch.logsumexp(logits, -1).transpose(0, 1))
@@ -151,12 +151,13 @@ def test_replay_ranges_from_log_or_list(tmp_path):
 
 
 def test_rollback_target_choice(tmp_path):
-    from pretrain.train import _rollback_target
+    from pretrain.checkpoint import list_checkpoints
+    from pretrain.train.callbacks.spike_recovery import rollback_target
 
     for i in (4, 8, 12, 16):
         (tmp_path / "checkpoints" / f"iter_{i:07d}").mkdir(parents=True)
-    target, why = _rollback_target(tmp_path, spike_step=16, before=3)
+    target, why = rollback_target(list_checkpoints(tmp_path), spike_step=16, before=3)
     assert target.name == "iter_0000012" and "newest" in why
-    target, why = _rollback_target(tmp_path, spike_step=6, before=3)
+    target, why = rollback_target(list_checkpoints(tmp_path), spike_step=6, before=3)
     assert target.name == "iter_0000004" and "oldest" in why
-    assert _rollback_target(tmp_path, spike_step=3, before=3)[0] is None
+    assert rollback_target(list_checkpoints(tmp_path), spike_step=3, before=3)[0] is None

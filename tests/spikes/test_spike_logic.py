@@ -101,20 +101,28 @@ def test_bad_config_names_the_key():
 def test_signals_outside_act_on_are_logged_not_acted_on(tmp_path):
     from omegaconf import OmegaConf
 
-    from pretrain.spikes import SpikeGuard
+    from pretrain.spikes import spike_config_from
+    from pretrain.train.callback import Decision
+    from pretrain.train.callbacks.checkpointing import Checkpointing
+    from pretrain.train.callbacks.metrics import Metrics
+    from pretrain.train.callbacks.spike_log import SpikeLog
+    from pretrain.train.callbacks.spike_recovery import SpikeRecovery
 
-    cfg = OmegaConf.create({"train": {"spikes": {"window": 32, "min_history": 8},
+    cfg = OmegaConf.create({"run_dir": str(tmp_path), "model": {"seq_length": 16},
+                            "train": {"spikes": {"window": 32, "min_history": 8},
                                       "fault": {"kind": "none", "step": 0}}})
-    guard = SpikeGuard(cfg, tmp_path, rank=0)
-    assert "grad_norm_spike" not in guard.config.act_on
+    metrics = Metrics(cfg, None, None)  # never started: no monitor, events go to spikes.jsonl only
+    recovery = SpikeRecovery(spike_config_from(cfg), cfg, SpikeLog(tmp_path, 0, metrics),
+                             Checkpointing(0, metrics, resumed=False))
+    assert "grad_norm_spike" not in recovery.config.act_on
     for i in range(20):
-        verdict, action = guard.judge(i + 1, 3.0 - 0.01 * i, 1.0 + 0.01 * (i % 2))
-        assert action is Action.CONTINUE
-    verdict, action = guard.judge(21, 2.8, 50.0)          # a grad-norm burst with a normal loss
-    assert action is Action.CONTINUE and not verdict.flagged
+        assert recovery.judge(i + 1, 3.0 - 0.01 * i, 1.0 + 0.01 * (i % 2)) is Decision.CONTINUE
+    assert recovery.judge(21, 2.8, 50.0) is Decision.CONTINUE   # a grad-norm burst with a normal loss
+    assert recovery.flagged is None
     logged = [json.loads(line) for line in (tmp_path / "spikes.jsonl").read_text().splitlines()]
     assert logged[-1]["event"] == "spike_observed" and logged[-1]["signal"] == "grad_norm_spike"
-    verdict, action = guard.judge(22, 30.0, 1.0)          # a loss spike is acted on
+    assert recovery.judge(22, 30.0, 1.0) is Decision.SKIP         # a loss spike is acted on
+    verdict, action = recovery.flagged
     assert verdict.signal is Signal.LOSS_SPIKE and action is Action.SKIP_UPDATE
 
 

@@ -5,13 +5,13 @@ time limit. A signal handler may run at any bytecode boundary, so it must not
 save a checkpoint itself (it could interrupt a collective or a half-written
 tensor); it only sets a flag. The trainer polls the flag between steps, saves a
 complete checkpoint, and exits with :data:`PREEMPTED_EXIT_CODE`. The per-task
-wrapper (:mod:`launch.node_entry`) sees that exit and runs
+wrapper (:mod:`launch.node_entry`, which imports the constants from here) sees that exit and runs
 ``scontrol requeue $SLURM_JOB_ID``; the requeued job starts the same command,
 and the trainer resumes from ``checkpoints/latest`` with no extra flag.
 
 What the trainer calls, on every rank::
 
-    from launch.preemption import install_preemption_handler, PREEMPTED_EXIT_CODE
+    from pretrain.preemption import install_preemption_handler, PREEMPTED_EXIT_CODE
     preemption = install_preemption_handler()          # once, before the loop
     for iteration in ...:
         train_step(...)

@@ -1,0 +1,46 @@
+"""Held-out evaluation during training: the valid split's loss, and loss/BPB per language and source."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pretrain.heldout_eval import HeldoutEvaluator
+from pretrain.train.callback import Callback, StepOutcome
+from pretrain.train.callbacks.metrics import Metrics
+
+if TYPE_CHECKING:
+    from pretrain.train.loop import Trainer
+
+
+class ValidLoss(Callback):
+    """``train.eval_interval``: mean loss over ``train.eval_iters`` batches of the valid split."""
+
+    def __init__(self, interval: int, iterations: int, metrics: Metrics) -> None:
+        self.interval, self.iterations, self.metrics = interval, iterations, metrics
+
+    def after_step(self, trainer: "Trainer", outcome: StepOutcome) -> None:
+        iteration = trainer.progress.iteration
+        if outcome.completed and self.interval and iteration % self.interval == 0:
+            self.metrics.log_eval(iteration, trainer.step.evaluate(self.iterations))
+
+
+class HeldoutBPB(Callback):
+    """``train.bpb_interval`` and the end of the run: whole held-out documents by language and
+    source (the BPB Tele-FLM publishes, equal to what the exported HF model scores)."""
+
+    def __init__(self, evaluator: HeldoutEvaluator, interval: int, metrics: Metrics) -> None:
+        self.evaluator, self.interval, self.metrics = evaluator, interval, metrics
+
+    def _evaluate(self, trainer: "Trainer") -> None:
+        if not self.evaluator.empty:
+            results = trainer.step.score_heldout(self.evaluator)
+            self.metrics.log_heldout(trainer.progress.iteration, results)
+
+    def after_step(self, trainer: "Trainer", outcome: StepOutcome) -> None:
+        iteration = trainer.progress.iteration
+        if outcome.completed and self.interval and iteration % self.interval == 0 \
+                and iteration < trainer.train_iters:
+            self._evaluate(trainer)
+
+    def on_end(self, trainer: "Trainer") -> None:
+        self._evaluate(trainer)

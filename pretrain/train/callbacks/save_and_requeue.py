@@ -1,0 +1,33 @@
+"""Slurm's early warning (SIGUSR1): save a complete checkpoint, then exit for requeue.
+
+The contract with the launcher is :mod:`pretrain.preemption`; the decision is
+agreed across ranks between steps, so every rank enters the save together.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pretrain.preemption import PreemptionFlag, install_preemption_handler
+from pretrain.train.callback import Callback, StepOutcome
+from pretrain.train.callbacks.checkpointing import Checkpointing
+
+if TYPE_CHECKING:
+    from pretrain.train.loop import Trainer
+
+
+class SaveAndRequeueOnSignal(Callback):
+    def __init__(self, checkpointing: Checkpointing) -> None:
+        self.checkpointing = checkpointing
+        self.flag: PreemptionFlag | None = None
+
+    def on_start(self, trainer: "Trainer") -> None:
+        self.flag = install_preemption_handler()
+
+    def after_step(self, trainer: "Trainer", outcome: StepOutcome) -> None:
+        if not outcome.completed or not self.flag.should_save_and_exit_all_ranks():
+            return
+        if self.checkpointing.last_saved != trainer.progress.iteration:
+            self.checkpointing.save(trainer)
+        trainer.step.close()
+        self.flag.exit_for_requeue()

@@ -1,0 +1,86 @@
+"""One training run: resolve and validate the config, build the backend's step, attach the
+features as callbacks, run the loop. One call per process (torchrun starts them all)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.cpu_shims import activate_cpu_shims
+from pretrain.data import read_manifest
+from pretrain.heldout_eval import HeldoutEvaluator
+from pretrain.run_config import resolve_config, resolve_load_dir
+from pretrain.spikes import spike_config_from
+from pretrain.train.callback import Callback
+from pretrain.train.callbacks.checkpointing import Checkpointing
+from pretrain.train.callbacks.evaluation import HeldoutBPB, ValidLoss
+from pretrain.train.callbacks.fault_injection import FaultInjection, fault_from
+from pretrain.train.callbacks.growth_ramp import GrowthRamp
+from pretrain.train.callbacks.metrics import Metrics
+from pretrain.train.callbacks.save_and_requeue import SaveAndRequeueOnSignal
+from pretrain.train.callbacks.spike_log import SpikeLog
+from pretrain.train.callbacks.spike_recovery import SpikeRecovery
+from pretrain.train.callbacks.z_loss import ZLoss
+from pretrain.train.loop import Trainer
+from pretrain.train.setup import flops_per_token, peak_tflops, world_size_from_env
+from pretrain.validate import validate
+
+
+def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: bool) -> tuple[list[Callback], Metrics]:
+    """The features, in the order their ``after_step`` runs (``on_end`` runs in reverse)."""
+    from pretrain.growth.masked import growth_block
+
+    t = cfg.train
+    metrics = Metrics(cfg, flops_per_token(cfg), peak_tflops())
+    spike_log = SpikeLog(cfg.run_dir, dist.get_rank(), metrics)
+    checkpointing = Checkpointing(int(cfg.checkpoint.save_interval or 0), metrics, resumed)
+    callbacks: list[Callback] = []
+    if growth_block(cfg) is not None:
+        callbacks.append(GrowthRamp(cfg))
+    kind, step = fault_from(cfg)
+    if kind != "none":
+        callbacks.append(FaultInjection(kind, step, spike_log))
+    callbacks.append(SpikeRecovery(spike_config_from(cfg), cfg, spike_log, checkpointing))
+    if float(t.get("z_loss") or 0.0) > 0:
+        callbacks.append(ZLoss(float(t.z_loss)))
+    callbacks.append(metrics)
+    if has_valid and int(t.eval_interval or 0):
+        callbacks.append(ValidLoss(int(t.eval_interval), int(t.eval_iters), metrics))
+    heldout = HeldoutEvaluator(manifest, int(cfg.model.seq_length), int(t.micro_batch_size),
+                               t.get("heldout_max_documents"))
+    callbacks += [HeldoutBPB(heldout, int(t.get("bpb_interval") or 0), metrics),
+                  checkpointing, SaveAndRequeueOnSignal(checkpointing)]
+    return callbacks, metrics
+
+
+def run(cfg: DictConfig) -> dict[str, Any] | None:
+    """Train per ``cfg``; returns the summary on global rank 0 (None elsewhere)."""
+    activate_cpu_shims()
+    # megatron logs every dataset index build at INFO; keep the console for the run itself.
+    logging.getLogger("megatron").setLevel(logging.WARNING)
+    manifest = read_manifest(cfg.data.path)
+    deepspeed = OmegaConf.select(cfg, "backend", default="megatron") == "deepspeed"
+    cfg = resolve_config(cfg, manifest, None if deepspeed else resolve_load_dir(cfg))
+    validate(cfg, world_size_from_env(), manifest)
+    spike_config = spike_config_from(cfg)
+    if deepspeed:
+        from pretrain.data import build_datasets
+        from pretrain.train.deepspeed_step import build_deepspeed_step
+
+        step, progress, resumed = build_deepspeed_step(cfg)
+        step.datasets = build_datasets(cfg, manifest, Path(cfg.run_dir) / "data_cache")
+    else:
+        from pretrain.train.megatron_step import build_megatron_step
+
+        step, progress, resumed = build_megatron_step(cfg, manifest, spike_config.enabled)
+    callbacks, metrics = build_callbacks(cfg, manifest, resumed, step.datasets.valid is not None)
+    trainer = Trainer(step, progress, callbacks, int(cfg.train.train_iters),
+                      int(cfg.train.global_batch_size), int(cfg.model.seq_length))
+    trainer.load_callback_state(progress.trainer_state)
+    trainer.fit()
+    dist.barrier()
+    return metrics.summary

@@ -1,0 +1,78 @@
+"""Process-level set-up shared by every backend: device, process groups, seeds, FLOP figures.
+
+Kept apart from the loop and the backends so that the held-out evaluator, the
+growth runner and the tests can use it without importing a training loop.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+
+def world_size_from_env() -> int | None:
+    return int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ else None
+
+
+def device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(cfg: DictConfig) -> None:
+    """Process groups (NCCL on GPU, gloo on CPU), megatron's TP/PP/DP groups, every seed."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:  # a plain single-process run: be our own rendezvous
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=timedelta(minutes=30))
+    p = cfg.parallel
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=int(p.tensor_model_parallel_size),
+        pipeline_model_parallel_size=int(p.pipeline_model_parallel_size),
+        virtual_pipeline_model_parallel_size=p.virtual_pipeline_model_parallel_size or None,
+    )
+    seed = int(cfg.train.seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def shutdown() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def flops_per_token(cfg: DictConfig) -> float:
+    from pretrain.flops import model_flops_per_token
+
+    return model_flops_per_token(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.model.seq_length),
+                                 padded_vocab=int(cfg.model.padded_vocab_size))
+
+
+def peak_tflops() -> float | None:
+    from pretrain.flops import detect_peak_bf16_tflops
+
+    return detect_peak_bf16_tflops()
