@@ -10,6 +10,7 @@ within 1.2e-7 (ZeRO-1: 0; ZeRO-2 TP2 + offload, ZeRO-3 5+5 resume: 1.2e-7).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -117,3 +118,101 @@ def test_validate_rejects_pipeline_parallel_for_deepspeed(work, tmp_path):
     assert out.returncode != 0
     assert "parallel.pipeline_model_parallel_size=2" in out.stderr
     assert "deepspeed.zero_stage=4" in out.stderr and "deepspeed.offload_optimizer='nvme'" in out.stderr
+
+
+# ----------------------------------------------------------------------------
+# The shared loop's features under DeepSpeed (issue 15): spike recovery, held-out BPB,
+# save-and-requeue on SIGUSR1 -- the same callbacks the megatron backend runs.
+# ----------------------------------------------------------------------------
+
+SPIKES = ["train.spikes.window=8", "train.spikes.min_history=5", "train.spikes.loss_sigma=3",
+          "train.spikes.rollback_steps_before=3", "train.spikes.skip_batches=2", "train.spikes.lr_steps=4",
+          "train.spikes.max_recoveries=4", "train.spikes.recovery_window=100"]
+DS_ZERO1 = ["parallel=dp2", "backend=deepspeed", "deepspeed.zero_stage=1"]
+
+
+def rows(run_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
+    path = run_dir / name
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
+
+
+def test_lr_spike_is_rolled_back_under_deepspeed(work):
+    run_dir = work / "ds_lr_spike"
+    launch(work, run_dir, *DS_ZERO1, *SPIKES, "train.train_iters=30", "train.lr_decay_iters=30",
+           "++data.train_samples=240", "train.lr=3e-3", "train.min_lr=3e-4", "checkpoint.save_interval=4",
+           "checkpoint.keep_last=10", "train.fault.kind=lr_spike", "train.fault.step=15")
+    events = rows(run_dir, "spikes.jsonl")
+    assert [e["step"] for e in events if e["event"] == "fault"] == [15]
+    (rollback,) = [e for e in events if e["event"] == "spike_rollback"]
+    assert rollback["checkpoint_iteration"] <= rollback["step"] - 3           # rollback_steps_before=3
+    start, end = rollback["skipped_samples"]
+    assert start == rollback["checkpoint_iteration"] * 8                      # the checkpoint's data position
+    assert end == rollback["samples"][1] + 2 * 8                              # skip_batches=2
+    got = losses(run_dir)
+    assert sorted(got) == list(range(1, 31))
+    assert all(math.isfinite(v) for v in got.values()) and got[30] < got[1]
+
+
+def _worker_env(work: Path, rank: int, port: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE",)}
+    env.update(OMP_NUM_THREADS="1", PRETRAIN_DS_NO_SHM="1", DS_ACCELERATOR="cpu",
+               TORCH_EXTENSIONS_DIR=str(work / "torch_extensions"), PYTHONPATH=str(REPO_ROOT),
+               RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    return env
+
+
+def test_nan_skip_heldout_bpb_and_sigusr1_requeue_under_deepspeed(work):
+    """Two ranks started as Slurm's per-task layout would (no torchrun, so each exit code is
+    visible): a NaN at step 3 is skipped, held-out BPB per language is logged every 4 steps,
+    and SIGUSR1 to one rank makes both save and leave with the requeue code; a restart resumes."""
+    import signal
+    import time
+
+    from pretrain.preemption import PREEMPTED_EXIT_CODE
+    from tests.pretrain.launch import free_port
+
+    run_dir = work / "ds_preempt"
+    common = [f"data.path={work / 'indexed'}", f"run_dir={run_dir}", *SMALL_MODEL, *RUN, *DS_ZERO1,
+              "++data.train_samples=1600", "train.lr_decay_iters=200", "checkpoint.save_interval=1000",
+              "train.fault.kind=nan", "train.fault.step=3", "train.bpb_interval=4"]
+    port = free_port()
+    workers = [subprocess.Popen([sys.executable, "-m", "pretrain", *common, "train.train_iters=200"],
+                                cwd=REPO_ROOT, env=_worker_env(work, rank, port), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    try:
+        deadline = time.time() + 300
+        while not [r for r in rows(run_dir) if r.get("event") is None and r["step"] >= 6]:
+            assert time.time() < deadline and all(w.poll() is None for w in workers), \
+                workers[0].communicate(timeout=30)[0][-4000:]
+            time.sleep(0.2)
+        os.kill(workers[1].pid, signal.SIGUSR1)         # one rank hears it; the ranks agree
+        codes = [w.wait(timeout=300) for w in workers]
+    finally:
+        for w in workers:
+            w.kill() if w.poll() is None else None
+    assert codes == [PREEMPTED_EXIT_CODE] * 2, workers[0].stdout.read()[-4000:]
+    saved = int((run_dir / "checkpoints_ds" / "latest").read_text().strip().split("_")[-1])
+    metric_rows = rows(run_dir)
+    assert 6 <= saved < 200
+    assert [r["step"] for r in metric_rows if r.get("event") == "checkpoint"] == [saved]
+    assert max(r["step"] for r in metric_rows if r.get("event") is None) == saved   # nothing trained unsaved
+
+    spikes = rows(run_dir, "spikes.jsonl")
+    assert [(e["event"], e["step"]) for e in spikes] == [("fault", 3), ("spike_skip_update", 3)]
+    assert spikes[1]["signal"] == "nonfinite"
+    got = losses(run_dir)
+    assert sorted(got) == list(range(1, saved + 1)) and all(math.isfinite(v) for v in got.values())
+    heldout = [r for r in metric_rows if r.get("event") == "heldout"]
+    assert heldout and heldout[0]["step"] == 4
+    assert all(row["bpb"] > 0 for row in heldout[0]["by_lang"].values())
+
+    # The requeued job: the same command resumes from the saved step and finishes.
+    stdout = launch(work, run_dir, *DS_ZERO1, "++data.train_samples=1600", "train.lr_decay_iters=200",
+                    "checkpoint.save_interval=1000", "train.fault.kind=nan", "train.fault.step=3",
+                    f"train.train_iters={saved + 2}")
+    # step 3's batch was skipped, so the data position is one global batch past the step count
+    assert f"at step {saved} ({(saved + 1) * 8} samples consumed)" in stdout
+    got = losses(run_dir)
+    assert sorted(got) == list(range(1, saved + 3))
+    assert [(e["event"], e["step"]) for e in rows(run_dir, "spikes.jsonl")] == [("fault", 3), ("spike_skip_update", 3)]
