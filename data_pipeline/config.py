@@ -10,9 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the key."""
+from data_pipeline.errors import ConfigError  # noqa: F401  (re-exported)
+from data_pipeline.stages import stage_classes
 
 
 class Plain(dict):
@@ -47,7 +46,6 @@ def validate(cfg: DictConfig) -> None:
     for key in ("input", "output"):
         _require(OmegaConf.select(cfg, key, default=None) not in (None, "", "???")
                  and not OmegaConf.is_missing(cfg, key), key, "is required (e.g. input='data/*.jsonl.gz' output=/tmp/out)")
-    from data_pipeline.stages import stage_classes  # here, not at the top: data_pipeline.stages imports ConfigError
 
     stage_classes(list(cfg.stages))  # unknown, repeated or out-of-order names
     _require(0.0 <= float(cfg.normalize.max_bad_char_fraction) <= 1.0, "normalize.max_bad_char_fraction", "must be in [0, 1]")

@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 from typing import Any
 
-from data_pipeline.config import ConfigError
+from data_pipeline.errors import ConfigError
 from data_pipeline.stage import REGISTRY, DocumentStage
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):

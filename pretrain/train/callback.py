@@ -10,8 +10,9 @@ A step, seen from a callback::
     after_step(outcome)                    metrics, evaluation, checkpoints, recovery
 
 ``on_start`` runs once the model, optimizer and checkpoint are in place;
-``on_end`` runs after the last step, in reverse order of the list (so the
-metrics callback, first in, closes the run last). ``state_key`` names the
+``on_end`` runs after the last step, in reverse order of the list (teardown
+mirrors set-up: the final checkpoint and held-out scores come before the
+metrics callback, earlier in the list, closes the run). ``state_key`` names the
 callback's entry in the checkpoint's trainer state, so a resumed run continues
 with the same detector windows, skipped ranges and flags.
 """
@@ -20,10 +21,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from pretrain.train.loop import Trainer
+from pretrain.checkpoint import TrainProgress
+from pretrain.train.backend import TrainStep
+
+
+class TrainerView(Protocol):
+    """What a callback sees of the loop (:class:`pretrain.train.loop.Trainer` is one)."""
+
+    step: TrainStep
+    progress: TrainProgress
+    train_iters: int
+    global_batch_size: int
+    tokens_per_step: int
+
+    def callback_state(self) -> dict[str, Any]: ...
 
 
 class Decision(str, Enum):
@@ -57,19 +70,19 @@ class Callback:
 
     state_key: str | None = None
 
-    def on_start(self, trainer: "Trainer") -> None: ...
+    def on_start(self, trainer: TrainerView) -> None: ...
 
-    def before_step(self, trainer: "Trainer", step: int) -> None: ...
+    def before_step(self, trainer: TrainerView, step: int) -> None: ...
 
     def lr_factor(self, step: int) -> float:
         return 1.0
 
-    def before_optimizer_step(self, trainer: "Trainer", step: int, loss: float) -> Decision:
+    def before_optimizer_step(self, trainer: TrainerView, step: int, loss: float) -> Decision:
         return Decision.CONTINUE
 
-    def after_step(self, trainer: "Trainer", outcome: StepOutcome) -> None: ...
+    def after_step(self, trainer: TrainerView, outcome: StepOutcome) -> None: ...
 
-    def on_end(self, trainer: "Trainer") -> None: ...
+    def on_end(self, trainer: TrainerView) -> None: ...
 
     def state_dict(self) -> dict[str, Any] | None:
         return None

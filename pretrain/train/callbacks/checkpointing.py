@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from pretrain.train.callback import Callback, StepOutcome
+from pretrain.train.callback import Callback, StepOutcome, TrainerView
 from pretrain.train.callbacks.metrics import Metrics
 
-if TYPE_CHECKING:
-    from pretrain.train.loop import Trainer
 
 
 class Checkpointing(Callback):
@@ -18,10 +14,10 @@ class Checkpointing(Callback):
         self.last_saved: int | None = None
         self._resumed = resumed
 
-    def on_start(self, trainer: "Trainer") -> None:
+    def on_start(self, trainer: TrainerView) -> None:
         self.last_saved = trainer.progress.iteration if self._resumed else -1
 
-    def save(self, trainer: "Trainer", log_event: bool = True) -> Path:
+    def save(self, trainer: TrainerView, log_event: bool = True) -> Path:
         progress = trainer.progress
         progress.trainer_state = trainer.callback_state()
         path = trainer.step.save(progress)
@@ -34,7 +30,7 @@ class Checkpointing(Callback):
         """A rollback loaded the checkpoint of ``iteration``: that state is on disk."""
         self.last_saved = iteration
 
-    def after_step(self, trainer: "Trainer", outcome: StepOutcome) -> None:
+    def after_step(self, trainer: TrainerView, outcome: StepOutcome) -> None:
         if not outcome.completed:
             return
         trainer.step.poll_saves()
@@ -42,7 +38,7 @@ class Checkpointing(Callback):
         if (self.save_interval and iteration % self.save_interval == 0) or iteration == trainer.train_iters:
             self.save(trainer)
 
-    def on_end(self, trainer: "Trainer") -> None:
+    def on_end(self, trainer: TrainerView) -> None:
         if self.last_saved != trainer.progress.iteration:
             self.save(trainer, log_event=False)
         trainer.step.close()

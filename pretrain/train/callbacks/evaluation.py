@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pretrain.heldout_eval import HeldoutEvaluator
-from pretrain.train.callback import Callback, StepOutcome
+from pretrain.train.callback import Callback, StepOutcome, TrainerView
 from pretrain.train.callbacks.metrics import Metrics
 
-if TYPE_CHECKING:
-    from pretrain.train.loop import Trainer
 
 
 class ValidLoss(Callback):
@@ -18,7 +14,7 @@ class ValidLoss(Callback):
     def __init__(self, interval: int, iterations: int, metrics: Metrics) -> None:
         self.interval, self.iterations, self.metrics = interval, iterations, metrics
 
-    def after_step(self, trainer: "Trainer", outcome: StepOutcome) -> None:
+    def after_step(self, trainer: TrainerView, outcome: StepOutcome) -> None:
         iteration = trainer.progress.iteration
         if outcome.completed and self.interval and iteration % self.interval == 0:
             self.metrics.log_eval(iteration, trainer.step.evaluate(self.iterations))
@@ -31,16 +27,16 @@ class HeldoutBPB(Callback):
     def __init__(self, evaluator: HeldoutEvaluator, interval: int, metrics: Metrics) -> None:
         self.evaluator, self.interval, self.metrics = evaluator, interval, metrics
 
-    def _evaluate(self, trainer: "Trainer") -> None:
+    def _evaluate(self, trainer: TrainerView) -> None:
         if not self.evaluator.empty:
             results = trainer.step.score_heldout(self.evaluator)
             self.metrics.log_heldout(trainer.progress.iteration, results)
 
-    def after_step(self, trainer: "Trainer", outcome: StepOutcome) -> None:
+    def after_step(self, trainer: TrainerView, outcome: StepOutcome) -> None:
         iteration = trainer.progress.iteration
         if outcome.completed and self.interval and iteration % self.interval == 0 \
                 and iteration < trainer.train_iters:
             self._evaluate(trainer)
 
-    def on_end(self, trainer: "Trainer") -> None:
+    def on_end(self, trainer: TrainerView) -> None:
         self._evaluate(trainer)

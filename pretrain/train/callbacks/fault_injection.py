@@ -8,17 +8,15 @@ resume does not fire it again.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.train.callback import Callback, StepOutcome
+from pretrain.train.callback import Callback, StepOutcome, TrainerView
 from pretrain.train.callbacks.spike_log import SpikeLog
 from pretrain.train.forward import Batch
 
-if TYPE_CHECKING:
-    from pretrain.train.loop import Trainer
 
 FAULT_KINDS = ("none", "nan", "lr_spike", "corrupt_batch")
 LR_SPIKE_FACTOR = 1000.0
@@ -56,7 +54,7 @@ class FaultInjection(Callback):
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         self.fired = bool((state or {}).get("fired", False))
 
-    def before_step(self, trainer: "Trainer", step: int) -> None:
+    def before_step(self, trainer: TrainerView, step: int) -> None:
         self.armed = not self.fired and step == self.step
         if not self.armed:
             return
@@ -70,7 +68,7 @@ class FaultInjection(Callback):
     def lr_factor(self, step: int) -> float:
         return LR_SPIKE_FACTOR if self.armed and self.kind == "lr_spike" else 1.0
 
-    def after_step(self, trainer: "Trainer", outcome: StepOutcome) -> None:
+    def after_step(self, trainer: TrainerView, outcome: StepOutcome) -> None:
         if not self.armed:
             return
         self.armed = False

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch.distributed as dist
 from omegaconf import DictConfig
 
 from pretrain.flops import mfu
 from pretrain.metrics import RunMonitor, memory_gb
-from pretrain.train.callback import Callback, StepOutcome
+from pretrain.train.callback import Callback, StepOutcome, TrainerView
 
-if TYPE_CHECKING:
-    from pretrain.train.loop import Trainer
 
 
 class Metrics(Callback):
@@ -26,14 +24,14 @@ class Metrics(Callback):
         self.world = 1
         self.wall_start = time.time()
 
-    def on_start(self, trainer: "Trainer") -> None:
+    def on_start(self, trainer: TrainerView) -> None:
         self.world = dist.get_world_size()
         self.wall_start = time.time()
         if dist.get_rank() == 0:
             self.monitor = RunMonitor(self.cfg, self.cfg, trainer.progress.iteration, trainer.train_iters,
                                       trainer.step.layout)
 
-    def after_step(self, trainer: "Trainer", outcome: StepOutcome) -> None:
+    def after_step(self, trainer: TrainerView, outcome: StepOutcome) -> None:
         if self.monitor is None or not outcome.completed:
             return
         progress = trainer.progress
@@ -65,7 +63,7 @@ class Metrics(Callback):
         if self.monitor is not None:
             self.monitor.log_heldout(step, results)
 
-    def on_end(self, trainer: "Trainer") -> None:
+    def on_end(self, trainer: TrainerView) -> None:
         if self.monitor is not None:
             names = [p.name for p in trainer.step.list_checkpoints()]
             self.summary = self.monitor.finish(names, backend=trainer.step.name)

@@ -6,14 +6,10 @@ agreed across ranks between steps, so every rank enters the save together.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pretrain.preemption import PreemptionFlag, install_preemption_handler
-from pretrain.train.callback import Callback, StepOutcome
+from pretrain.train.callback import Callback, StepOutcome, TrainerView
 from pretrain.train.callbacks.checkpointing import Checkpointing
 
-if TYPE_CHECKING:
-    from pretrain.train.loop import Trainer
 
 
 class SaveAndRequeueOnSignal(Callback):
@@ -21,10 +17,10 @@ class SaveAndRequeueOnSignal(Callback):
         self.checkpointing = checkpointing
         self.flag: PreemptionFlag | None = None
 
-    def on_start(self, trainer: "Trainer") -> None:
+    def on_start(self, trainer: TrainerView) -> None:
         self.flag = install_preemption_handler()
 
-    def after_step(self, trainer: "Trainer", outcome: StepOutcome) -> None:
+    def after_step(self, trainer: TrainerView, outcome: StepOutcome) -> None:
         if not outcome.completed or not self.flag.should_save_and_exit_all_ranks():
             return
         if self.checkpointing.last_saved != trainer.progress.iteration:

@@ -9,19 +9,17 @@ data, or lower the LR for a while; past the recovery budget the run stops.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.spikes import (Action, RecoveryPlanner, Signal, SpikeConfig, SpikeDetector, SpikeStop, Verdict,
                              agree, load_skip_ranges)
-from pretrain.train.callback import Callback, Decision, StepOutcome
+from pretrain.train.callback import Callback, Decision, StepOutcome, TrainerView
 from pretrain.train.callbacks.checkpointing import Checkpointing
 from pretrain.train.callbacks.spike_log import SpikeLog
 
-if TYPE_CHECKING:
-    from pretrain.train.loop import Trainer
 
 DECISION_OF = {Action.SKIP_UPDATE: Decision.SKIP, Action.LOWER_LR: Decision.SKIP,
                Action.ROLLBACK: Decision.ROLLBACK, Action.STOP: Decision.STOP}
@@ -71,7 +69,7 @@ class SpikeRecovery(Callback):
         self.recoveries = int(state.get("recoveries", 0))
 
     # -- hooks -----------------------------------------------------------------------
-    def before_step(self, trainer: "Trainer", step: int) -> None:
+    def before_step(self, trainer: TrainerView, step: int) -> None:
         """``train.spikes.replay_skips``: jump over a range an earlier run skipped."""
         consumed = trainer.progress.consumed_samples
         for start, end in self.replay:
@@ -84,7 +82,7 @@ class SpikeRecovery(Callback):
     def lr_factor(self, step: int) -> float:
         return self.config.lr_factor if step < self.lr_scale_until else 1.0
 
-    def before_optimizer_step(self, trainer: "Trainer", step: int, loss: float) -> Decision:
+    def before_optimizer_step(self, trainer: TrainerView, step: int, loss: float) -> Decision:
         if not self.config.enabled:
             return Decision.CONTINUE
         return self.judge(step, loss, trainer.step.grad_norm())
@@ -105,14 +103,14 @@ class SpikeRecovery(Callback):
         self.flagged = (verdict, action)
         return DECISION_OF[action]
 
-    def after_step(self, trainer: "Trainer", outcome: StepOutcome) -> None:
+    def after_step(self, trainer: TrainerView, outcome: StepOutcome) -> None:
         if outcome.decided_by is self:
             verdict, action = self.flagged
             self.flagged = None
             self._recover(trainer, action, verdict, outcome)
 
     # -- carrying out the planner's action (no update was applied) --------------------
-    def _recover(self, trainer: "Trainer", action: Action, verdict: Verdict, outcome: StepOutcome) -> None:
+    def _recover(self, trainer: TrainerView, action: Action, verdict: Verdict, outcome: StepOutcome) -> None:
         progress, step = trainer.progress, outcome.step
         gbs = trainer.global_batch_size
         batch = [progress.consumed_samples, progress.consumed_samples + gbs]
@@ -140,7 +138,7 @@ class SpikeRecovery(Callback):
         self.log.event("spike_" + action.value, step, samples=batch, skipped_samples=batch,
                        lr_scale_until=self.lr_scale_until, **common)
 
-    def _roll_back(self, trainer: "Trainer", step: int, batch: list[int], common: dict) -> bool:
+    def _roll_back(self, trainer: TrainerView, step: int, batch: list[int], common: dict) -> bool:
         backend = trainer.step
         backend.wait_for_saves()
         dist.barrier()

@@ -6,15 +6,11 @@ the loss adds the term to what is trained (not to the reported cross entropy).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.distributed as dist
 
-from pretrain.train.callback import Callback
+from pretrain.train.callback import Callback, TrainerView
 
-if TYPE_CHECKING:
-    from pretrain.train.loop import Trainer
 
 
 def log_z(logits: torch.Tensor, tp_group=None) -> torch.Tensor:
@@ -49,7 +45,7 @@ class ZLoss(Callback):
         self.coefficient = coefficient
         self.pending: list[torch.Tensor] = []
 
-    def on_start(self, trainer: "Trainer") -> None:
+    def on_start(self, trainer: TrainerView) -> None:
         for chunk in trainer.step.model:
             inner = innermost(chunk)
             if getattr(inner, "post_process", False):
