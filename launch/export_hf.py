@@ -27,7 +27,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def shapes_from_run_config(run_cfg: DictConfig, vocab_rows: int, trim_vocab: bool) -> Shapes:
-    from pretrain.model import logit_multiplier  # the trainer's own definition of the logit scale
+    from pretrain.model.teleflm import logit_multiplier  # the trainer's own definition of the logit scale
 
     m = run_cfg.model
     heads = int(m.num_attention_heads)

@@ -80,7 +80,7 @@ def check_llama_config(hf_cfg: dict) -> None:
 def run_config_for(cfg: DictConfig, hf_cfg: dict) -> DictConfig:
     """The trainer's full config for the imported model: preset + HF architecture + layout."""
     from launch.stages import STAGES, compose_stage_config
-    from pretrain.model import resolved_vocab_size
+    from pretrain.model.teleflm import resolved_vocab_size
 
     preset = OmegaConf.select(cfg, "model")
     run_cfg = compose_stage_config(STAGES["pretrain"], [])
@@ -107,7 +107,7 @@ def run_config_for(cfg: DictConfig, hf_cfg: dict) -> DictConfig:
 
 
 def shapes_for(run_cfg: DictConfig) -> Shapes:
-    from pretrain.model import logit_multiplier
+    from pretrain.model.teleflm import logit_multiplier
 
     m = run_cfg.model
     return Shapes(num_layers=int(m.num_layers), hidden_size=int(m.hidden_size),
@@ -118,7 +118,7 @@ def shapes_for(run_cfg: DictConfig) -> Shapes:
 
 
 def tp_shard(full: torch.Tensor, param: torch.nn.Parameter) -> torch.Tensor:
-    """This rank's slice, by megatron's own rule (as pretrain.model.initialize_parameters)."""
+    """This rank's slice, by megatron's own rule (as pretrain.model.teleflm.initialize_parameters)."""
     from megatron.core import parallel_state
 
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
@@ -133,7 +133,7 @@ def tp_shard(full: torch.Tensor, param: torch.nn.Parameter) -> torch.Tensor:
 def fill_from_hf(model, weights: HFWeights, s: Shapes, padded_vocab: int) -> None:
     import re
 
-    from pretrain.model import global_parameter_names
+    from pretrain.model.teleflm import global_parameter_names
 
     global_names = global_parameter_names(model)
     params = dict(model.named_parameters())
@@ -168,7 +168,7 @@ def import_on_this_rank(cfg: DictConfig) -> Path:
 
     from pretrain.checkpoint import save_synchronously
     from pretrain.cpu_shims import activate_cpu_shims
-    from pretrain.model import build_model
+    from pretrain.model.teleflm import build_model
 
     hf_dir = Path(str(cfg.hf_dir))
     hf_cfg = json.loads((hf_dir / "config.json").read_text())

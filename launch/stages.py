@@ -33,7 +33,7 @@ STAGES: dict[str, Stage] = {
     "tokenizer": Stage("tokenizer", False, "train the tokenizer and encode the corpus", config_name="tokenizer"),
     "pretrain": Stage("pretrain", True, "megatron-core 3D-parallel pretraining",
                       config_name="pretrain", reads_cluster=True),
-    "pretrain.plan": Stage("pretrain.plan", False, "memory/throughput plan for a model, layout and cluster",
+    "pretrain.tools.fit_check": Stage("pretrain.tools.fit_check", False, "memory/throughput plan for a model, layout and cluster",
                            config_name="plan", reads_cluster=True),
     "launch.probe": Stage("launch.probe", True,
                           "cluster smoke test: rendezvous, all-reduce, checkpoint, preemption and requeue"),

@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.validate import ConfigError, validate
+from pretrain.config.validate import ConfigError, validate
 
 
 def world_size_of(cfg: DictConfig) -> int:
@@ -38,7 +38,7 @@ def relaunch_locally(world_size: int, overrides: list[str]) -> int:
 def preflight(cfg: DictConfig) -> None:
     """Every config rule, before any process group or child process starts."""
     from pretrain.data import read_manifest
-    from pretrain.run_config import resolve_config, resolve_load_dir
+    from pretrain.config.resolve import resolve_config, resolve_load_dir
 
     manifest = read_manifest(cfg.data.path) if cfg.data.path else None
     resolved = resolve_config(cfg, manifest, resolve_load_dir(cfg)) if manifest else cfg
@@ -64,7 +64,8 @@ def main(cfg: DictConfig) -> None:
     if "WORLD_SIZE" not in os.environ and world_size > 1:
         overrides = list(HydraConfig.get().overrides.task)
         sys.exit(relaunch_locally(world_size, overrides))
-    from pretrain.train import run, shutdown
+    from pretrain.train.run import run
+    from pretrain.train.setup import shutdown
 
     summary = run(cfg)
     if summary is not None:

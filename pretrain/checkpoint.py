@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-from pretrain.run_config import (  # noqa: F401 (re-exported: one place for checkpoint paths)
+from pretrain.config.resolve import (  # noqa: F401 (re-exported: one place for checkpoint paths)
     LATEST,
     RUN_CONFIG,
     checkpoint_name,
@@ -364,7 +364,7 @@ def load_model_for_inference(checkpoint_dir: str | Path, dtype: torch.dtype = to
     the model weights (whatever TP/PP wrote them). Returns ``(model, cfg)``.
     """
     from pretrain.cpu_shims import activate_cpu_shims
-    from pretrain.model import build_model
+    from pretrain.model.teleflm import build_model
 
     activate_cpu_shims()
     checkpoint_dir = Path(checkpoint_dir)

@@ -15,7 +15,7 @@ megatron, :func:`activate_cpu_shims` maps those few spots onto the CPU:
   arguments to CPU, makes ``Tensor.cuda()`` a no-op and reports CPU tensors
   under their ``torch.cuda.*`` type names.
 
-Sequence parallelism's norm-weight tagging lives in :mod:`pretrain.model`
+Sequence parallelism's norm-weight tagging lives in :mod:`pretrain.model.teleflm`
 (our own norm class), not here, because it is a model property.
 
 The shims are strictly opt-in by environment: with CUDA present the function

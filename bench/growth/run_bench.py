@@ -4,7 +4,7 @@
 
 Both arms run through the CLIs (``python -m pretrain.growth schedule=bench_tiny``
 and ``python -m pretrain``) on the same data stream.  FLOPs per step come from
-:func:`pretrain.flops.model_flops_per_token` of the model that ran the step (a
+:func:`pretrain.tools.flops.model_flops_per_token` of the model that ran the step (a
 grown stage under masks computes at its full new width).  The scratch arm gets
 exactly the growth arm's total FLOPs.  Writes ``results.json`` and
 ``loss_vs_flops.png`` to ``--out``.
@@ -37,7 +37,7 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
 
 
 def flops_per_step(run_config: Path) -> float:
-    from pretrain.flops import model_flops_per_token
+    from pretrain.tools.flops import model_flops_per_token
 
     cfg = OmegaConf.load(run_config)
     tokens = int(cfg.train.global_batch_size) * int(cfg.model.seq_length)

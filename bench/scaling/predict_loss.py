@@ -13,8 +13,8 @@ bootstrap uncertainty) is written *before* the target is trained, then
 compared with the target's real held-out loss.
 
 Models are trained by ``pretrain.scaling.tiny_train`` (megatron's Tele-FLM
-``GPTModel`` from ``pretrain.model.build_model``, μP init and per-group Adam
-LRs from ``pretrain.mup``, TP1 in one gloo process, torch AdamW): on a shared
+``GPTModel`` from ``pretrain.model.teleflm.build_model``, μP init and per-group Adam
+LRs from ``pretrain.model.mup``, TP1 in one gloo process, torch AdamW): on a shared
 2-core CPU, six short runs in one process avoid the trainer's per-run start-up,
 data-cache and checkpoint costs.  N counts parameters without the vocabulary
 matrices (input embedding and readout), as in Kaplan et al.

@@ -15,7 +15,7 @@ Where the masks act (m ramps 0 -> 1; "new" = entries the growth added):
 
 Masks live in non-persistent buffers plus one float per module (the ramp
 value), so the state dict is exactly the plain model's: a checkpoint written
-after the ramp loads into :func:`pretrain.model.build_model` unchanged, and
+after the ramp loads into :func:`pretrain.model.teleflm.build_model` unchanged, and
 at m = 1 every masked module takes its plain code path.  The ramp value is a
 function of the iteration (:func:`ramp_value`), which the checkpoint holds.
 """
@@ -107,7 +107,7 @@ class MaskedTransformerLayer(TransformerLayer):
 
 def masked_layer_spec():
     """The local Tele-FLM layer spec with the masked norm / projections / layer swapped in."""
-    from pretrain.model import layer_spec
+    from pretrain.model.teleflm import layer_spec
 
     spec = copy.deepcopy(layer_spec(use_transformer_engine=False))
     spec.module = MaskedTransformerLayer
@@ -209,9 +209,9 @@ def ramp_for(cfg: DictConfig, iteration: int) -> float:
 
 def build_masked_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = True,
                        vp_stage: int | None = None) -> GPTModel:
-    """:func:`pretrain.model.build_model` with the masked layer spec, growth attached from
+    """:func:`pretrain.model.teleflm.build_model` with the masked layer spec, growth attached from
     ``cfg.growth`` (a plain model when ``cfg.growth`` is absent or its ramp is over)."""
-    from pretrain import model as teleflm
+    from pretrain.model import teleflm
 
     model = teleflm.build_model(cfg, pre_process, post_process, vp_stage, block_spec=masked_block_spec)
     block = growth_block(cfg)

@@ -116,7 +116,7 @@ def layer_sources(old_layers: int, new_layers: int, position: str, init: str) ->
 
 
 def _width_mult(model_cfg: DictConfig) -> float:
-    from pretrain.model import width_mult
+    from pretrain.model.teleflm import width_mult
 
     return float(width_mult(model_cfg))
 

@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig
 
 from pretrain.growth.spec import GrowthSpec, Shape
-from pretrain.model import init_method_for, param_kind
+from pretrain.model.teleflm import init_method_for, param_kind
 
 OPTIMIZER_PREFIX = "optimizer.state."
 MOMENT_KINDS = ("exp_avg", "exp_avg_sq")

@@ -3,8 +3,8 @@
 Why not the full trainer: the coordinate check needs forward hooks on every
 block at several widths inside one process, and the loss-prediction benchmark
 trains many tiny models back to back on a 2-core CPU where process start-up
-and checkpointing would dominate.  The model (``pretrain.model.build_model``),
-the μP init and the μP LRs (``pretrain.mup``) are the trainer's own; only the
+and checkpointing would dominate.  The model (``pretrain.model.teleflm.build_model``),
+the μP init and the μP LRs (``pretrain.model.mup``) are the trainer's own; only the
 loop is simpler: plain torch Adam, TP1/PP1, one micro-batch per step.
 """
 
@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import torch
 from omegaconf import DictConfig
 
-from pretrain import mup
+from pretrain.model import mup
 
 
 def scheduled_lr(max_lr: float, min_lr: float, step: int, warmup: int, decay_iters: int, style: str) -> float:
@@ -70,7 +70,7 @@ class ActivationProbe:
 
 
 def build_single_process_model(cfg: DictConfig) -> torch.nn.Module:
-    from pretrain.model import build_model
+    from pretrain.model.teleflm import build_model
     from pretrain.scaling.local_world import ensure_single_process_world
 
     ensure_single_process_world(seed=int(cfg.train.seed))

@@ -1,7 +1,7 @@
 """Carry the hyperparameters chosen on a width-only proxy to the target model by μP.
 
 Why the written values are the proxy's: under μP the config holds the
-*base-width* values and ``pretrain.mup`` rescales them at run time from
+*base-width* values and ``pretrain.model.mup`` rescales them at run time from
 ``model.mup.base_*``; so transfer = copy the seven hyperparameters and set the
 target's base shapes to the proxy's.  The effective per-weight values at the
 target width (init std ÷ sqrt(width_mult), matrix LR ÷ width_mult, logits ×
@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain import mup
+from pretrain.model import mup
 
 # The seven Tele-FLM hyperparameters -> the config key that holds each (base-width values).
 SEVEN_HYPERPARAMETERS: dict[str, str] = {
@@ -84,7 +84,7 @@ def write_transferred_yaml(cfg: DictConfig, path: Path, source: str) -> dict[str
              f"# Transferred by pretrain.scaling.select from {source}",
              f"# to model '{cfg.model.get('name', '?')}' (hidden {cfg.model.hidden_size}, "
              f"width_mult {mup.width_mult_hidden(cfg.model):g}).",
-             "# Values below are base-width (proxy) values; pretrain.mup rescales them at run time.",
+             "# Values below are base-width (proxy) values; pretrain.model.mup rescales them at run time.",
              "# Effective at the target width:"]
     for label, row in effective.items():
         lines.append("#   " + label + ": " + ", ".join(

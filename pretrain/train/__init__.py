@@ -1,7 +1,2 @@
-"""Training: one loop (:mod:`.loop`) with features as callbacks (:mod:`.callbacks`), over a
-backend's train step (:mod:`.megatron_step`, :mod:`.deepspeed_step`). Entry point: :func:`run`."""
-
-from pretrain.train.run import run
-from pretrain.train.setup import shutdown
-
-__all__ = ["run", "shutdown"]
+"""Training: one loop (:mod:`.loop`) with every feature a callback (:mod:`.callbacks`), over a
+backend's train step (:mod:`.megatron_step`, :mod:`.deepspeed_step`); :func:`.run.run` builds a run."""

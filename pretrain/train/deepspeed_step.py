@@ -4,9 +4,9 @@ What is shared with the megatron backend: the loop and every callback
 (:mod:`pretrain.train.loop`: metrics, held-out BPB, spike recovery, fault injection,
 z-loss, checkpoint cadence, save-and-requeue on SIGUSR1), config resolution and
 validation, process groups + megatron ``parallel_state`` (TP from
-``parallel.tensor_model_parallel_size``), the model (``pretrain.model.build_model``),
+``parallel.tensor_model_parallel_size``), the model (``pretrain.model.teleflm.build_model``),
 the GPTDataset and the microbatch order (``pretrain.data.microbatches``), the LR
-schedule (``pretrain.optim.build_scheduler``: megatron's OptimizerParamScheduler,
+schedule (``pretrain.train.optim.build_scheduler``: megatron's OptimizerParamScheduler,
 driven here on DeepSpeed's optimizer param groups, μP per-group ``max_lr``/``min_lr``
 included), the per-token loss and its reduction.
 
@@ -146,11 +146,11 @@ def deepspeed_config(cfg: DictConfig, dp_size: int) -> dict[str, Any]:
 
 
 def param_groups(cfg: DictConfig, model: torch.nn.Module) -> list[dict[str, Any]]:
-    """μP groups (pretrain.mup) when μP or train.lr_matrix is on, else one group; each group
+    """μP groups (pretrain.model.mup) when μP or train.lr_matrix is on, else one group; each group
     carries max_lr/min_lr, which megatron's OptimizerParamScheduler reads per group."""
     if (OmegaConf.select(cfg, "model.mup.enabled", default=False)
             or OmegaConf.select(cfg, "train.lr_matrix") is not None):
-        from pretrain.mup import torch_param_groups
+        from pretrain.model.mup import torch_param_groups
 
         groups = torch_param_groups(cfg, model)
         return [{k: v for k, v in g.items() if k != "names"} for g in groups]
@@ -360,8 +360,8 @@ def build_deepspeed_step(cfg: DictConfig):
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 
-    from pretrain.model import build_model
-    from pretrain.optim import build_scheduler
+    from pretrain.model.teleflm import build_model
+    from pretrain.train.optim import build_scheduler
 
     rank = dist.get_rank()
     if rank == 0:

@@ -33,7 +33,7 @@ def build_model_chunks(cfg: DictConfig, check_for_nan_in_grad: bool) -> list[tor
     from megatron.core.transformer.module import Float16Module
 
     from pretrain.growth.masked import build_masked_model, growth_block
-    from pretrain.model import build_model
+    from pretrain.model.teleflm import build_model
 
     # A grown stage (cfg.growth, docs/growth.md) builds the MSG-masked model; same state dict.
     builder = build_masked_model if growth_block(cfg) is not None else build_model
@@ -234,7 +234,7 @@ class MegatronStep:
 
 def build_megatron_model(cfg: DictConfig, check_for_nan_in_grad: bool):
     """(model chunks, optimizer, scheduler, layout): everything of the step but the data."""
-    from pretrain.optim import build_optimizer, build_scheduler, describe_optimizer
+    from pretrain.train.optim import build_optimizer, build_scheduler, describe_optimizer
 
     model = build_model_chunks(cfg, check_for_nan_in_grad)
     optimizer = build_optimizer(cfg, model)
@@ -250,7 +250,7 @@ def build_megatron_step(cfg: DictConfig, manifest: dict, spike_recovery_on: bool
         unset_num_microbatches_calculator
 
     from pretrain.data import build_datasets
-    from pretrain.run_config import resolve_load_dir
+    from pretrain.config.resolve import resolve_load_dir
     from pretrain.train.setup import init_distributed
 
     load_dir = resolve_load_dir(cfg)

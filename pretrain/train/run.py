@@ -12,9 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from pretrain.cpu_shims import activate_cpu_shims
 from pretrain.data import read_manifest
-from pretrain.heldout_eval import HeldoutEvaluator
-from pretrain.run_config import resolve_config, resolve_load_dir
-from pretrain.spikes import spike_config_from
+from pretrain.eval.heldout import HeldoutEvaluator
+from pretrain.config.resolve import resolve_config, resolve_load_dir
+from pretrain.train.spike_policy import spike_config_from
 from pretrain.train.callback import Callback
 from pretrain.train.callbacks.checkpointing import Checkpointing
 from pretrain.train.callbacks.evaluation import HeldoutBPB, ValidLoss
@@ -27,7 +27,7 @@ from pretrain.train.callbacks.spike_recovery import SpikeRecovery
 from pretrain.train.callbacks.z_loss import ZLoss
 from pretrain.train.loop import Trainer
 from pretrain.train.setup import flops_per_token, peak_tflops, world_size_from_env
-from pretrain.validate import validate
+from pretrain.config.validate import validate
 
 
 def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: bool) -> tuple[list[Callback], Metrics]:

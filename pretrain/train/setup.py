@@ -66,13 +66,13 @@ def shutdown() -> None:
 
 
 def flops_per_token(cfg: DictConfig) -> float:
-    from pretrain.flops import model_flops_per_token
+    from pretrain.tools.flops import model_flops_per_token
 
     return model_flops_per_token(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.model.seq_length),
                                  padded_vocab=int(cfg.model.padded_vocab_size))
 
 
 def peak_tflops() -> float | None:
-    from pretrain.flops import detect_peak_bf16_tflops
+    from pretrain.tools.flops import detect_peak_bf16_tflops
 
     return detect_peak_bf16_tflops()

@@ -87,7 +87,7 @@ def test_demo_end_to_end_on_a_slice(tmp_path):
     # held-out BPB: trainer (megatron, TP2) == exported HF model on the same documents
     heldout = summary["heldout"]
     assert heldout and heldout["by_lang"], "the trainer reported no held-out evaluation"
-    from pretrain.evaluate import evaluate_hf_model
+    from pretrain.eval.hf_bpb import evaluate_hf_model
 
     groups = evaluate_hf_model(str(run_dir / "hf"), str(run_dir / "data" / "heldout"), max_len=None, batch_size=8)
     for lang, row in heldout["by_lang"].items():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pretrain.bpb import Score, bits_per_byte, document_windows, score_token_documents
+from pretrain.eval.bpb import Score, bits_per_byte, document_windows, score_token_documents
 
 
 def uniform_logits(vocab: int):

@@ -112,9 +112,9 @@ def build(cfg, masked: bool):
     from megatron.core import parallel_state
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
-    from pretrain import optim
+    from pretrain.train import optim
     from pretrain.growth.masked import build_masked_model
-    from pretrain.model import build_model
+    from pretrain.model.teleflm import build_model
 
     builder = build_masked_model if masked else build_model
     chunk = builder(cfg, pre_process=parallel_state.is_pipeline_first_stage(),

@@ -103,7 +103,7 @@ def test_presets_compose_into_consistent_stages(schedule, tmp_path):
 
 def test_flm101b_stage_sizes_match_the_paper(tmp_path):
     """The assumed shapes count 16B / 51B / 101B parameters (within 7%)."""
-    from pretrain.flops import parameter_count
+    from pretrain.tools.flops import parameter_count
     from pretrain.growth.__main__ import runner_config, stage_configs
 
     stages = stage_configs(runner_config(["schedule=flm101b", f"run_dir={tmp_path}"]))

@@ -44,7 +44,7 @@ def reference_tokens() -> torch.Tensor:
 def main(run_dir: Path) -> None:
     from megatron.core import parallel_state, tensor_parallel
     from pretrain.cpu_shims import activate_cpu_shims
-    from pretrain.model import build_model
+    from pretrain.model.teleflm import build_model
 
     activate_cpu_shims()
     dist.init_process_group("gloo")

@@ -1,6 +1,6 @@
 """Hugging Face export and import against the real trainer model and real dist checkpoints.
 
-One TP2 checkpoint (2 gloo ranks, pretrain.model.build_model) is shared by the
+One TP2 checkpoint (2 gloo ranks, pretrain.model.teleflm.build_model) is shared by the
 tests. The exported directory is loaded by stock transformers with no custom
 code; its FP32 logits are compared with the megatron model's own logits.
 """

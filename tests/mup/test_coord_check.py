@@ -13,7 +13,7 @@ import numpy as np
 def test_coordinate_check_flat_with_mup_growing_without(tmp_path, repo_root):
     out = tmp_path / "cc"
     result = subprocess.run(
-        [sys.executable, "-m", "pretrain.coord_check", "coord_check.widths=[64,128,256]",
+        [sys.executable, "-m", "pretrain.tools.coord_check", "coord_check.widths=[64,128,256]",
          "coord_check.steps=5", f"coord_check.out={out}"],
         cwd=repo_root, capture_output=True, text=True, timeout=300,
         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})

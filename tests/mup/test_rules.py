@@ -7,7 +7,7 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from pretrain import mup
+from pretrain.model import mup
 from pretrain.scaling.widths import model_at_width, with_base
 
 NAMES = {
@@ -44,7 +44,7 @@ def test_kinds_from_names_ignore_wrappers_and_layer_index():
     assert mup.rule_signature(model_cfg("52b"), "module.decoder.layers.0.mlp.linear_fc2.weight") == \
         mup.rule_signature(model_cfg("52b"), "decoder.layers.63.mlp.linear_fc2.weight")
     # the model's own classifier agrees with the μP one
-    from pretrain.model import param_kind as model_param_kind
+    from pretrain.model.teleflm import param_kind as model_param_kind
     for name in NAMES:
         assert model_param_kind(name) == mup.param_kind(name)
 

@@ -1,7 +1,7 @@
 """2 processes at TP2: μP init and megatron optimizer LRs follow global names/shapes.
 
 Builds the tiny Tele-FLM at twice its μP base width, sharded over TP2, wraps it
-in megatron DDP, builds megatron's optimizer with ``pretrain.mup``'s
+in megatron DDP, builds megatron's optimizer with ``pretrain.model.mup``'s
 per-group overrides and steps the LR scheduler once.  Rank 0 prints one JSON
 line: per parameter its local shape, the std of the gathered full tensor and
 the LR its optimizer group got.
@@ -41,8 +41,8 @@ def main() -> None:
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    from pretrain import mup
-    from pretrain.model import build_model
+    from pretrain.model import mup
+    from pretrain.model.teleflm import build_model
 
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=2)
     tensor_parallel.model_parallel_cuda_manual_seed(3)

@@ -29,7 +29,7 @@ def tiny_cfg(tp: int, sp: bool):
 def loss_at(tp: int, sp: bool) -> tuple[float, list[str], list[float]]:
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
-    from pretrain.model import build_model
+    from pretrain.model.teleflm import build_model
 
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp)
     model_parallel_cuda_manual_seed(7)

@@ -7,7 +7,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from pretrain.model import logit_multiplier, padded_vocab_size, resolved_vocab_size, width_mult
+from pretrain.model.teleflm import logit_multiplier, padded_vocab_size, resolved_vocab_size, width_mult
 from tests.pretrain.launch import torchrun
 
 

@@ -90,7 +90,7 @@ def test_eight_processes_tp2_pp2_dp2_match_tp2(eight_process_runs, two_process_r
 @pytest.mark.multiproc
 def test_bf16_keeps_fp32_master_weights_and_grads(two_process_runs):
     bf16, fp32 = two_process_runs["pp2_bf16"], two_process_runs["pp2"]
-    # read off the built model, DDP grad buffers and optimizer (pretrain.optim.describe_optimizer)
+    # read off the built model, DDP grad buffers and optimizer (pretrain.train.optim.describe_optimizer)
     assert bf16["layout"]["precision"] == {"params": "bfloat16", "main_grads": "float32",
                                            "main_params": "float32"}
     assert fp32["layout"]["precision"] == {"params": "float32", "main_grads": "float32",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from pretrain.validate import ConfigError, config_errors, validate
+from pretrain.config.validate import ConfigError, config_errors, validate
 from tests.pretrain.synthetic_data import make_indexed_dataset
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

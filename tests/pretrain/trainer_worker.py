@@ -77,7 +77,7 @@ def read_run(run_dir: Path) -> dict:
             "grad_norms": {r["step"]: r["grad_norm"] for r in rows if r.get("event") is None},
             "eval": {r["step"]: r["eval_loss"] for r in rows if r.get("event") == "eval"},
             "events": [r["event"] for r in rows if r.get("event")],
-            # what the trainer built (pretrain.optim.describe_optimizer), from the start row
+            # what the trainer built (pretrain.train.optim.describe_optimizer), from the start row
             "layout": next(({k: r[k] for k in ("precision", "optimizer_shards") if k in r}
                             for r in rows if r.get("event") == "start"), {})}
 
@@ -89,7 +89,8 @@ def main() -> None:
     from megatron.core import parallel_state
     from omegaconf import OmegaConf
 
-    from pretrain.train import run, shutdown
+    from pretrain.train.run import run
+    from pretrain.train.setup import shutdown
 
     group, data_dir, work_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     results = {}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pretrain.flops import (
+from pretrain.tools.flops import (
     PEAK_BF16_TFLOPS,
     detect_peak_bf16_tflops,
     mfu,

@@ -12,15 +12,15 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from pretrain.flops import mfu
-from pretrain.memory import (
+from pretrain.tools.flops import mfu
+from pretrain.tools.memory import (
     GIB,
     BlockShape,
     in_flight_layer_activations,
     layer_activation_bytes,
     layer_activation_terms,
 )
-from pretrain.plan import Assumptions, PlanRefused, format_plan, plan, require_fit
+from pretrain.tools.fit_check import Assumptions, PlanRefused, format_plan, plan, require_fit
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -190,7 +190,7 @@ def test_no_gpu_is_informational() -> None:
 
 def run_cli(*overrides: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "pretrain.plan", *overrides], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "pretrain.tools.fit_check", *overrides], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -53,8 +53,9 @@ def main() -> None:
     import torch.distributed as dist
     from megatron.core import parallel_state
 
-    from pretrain.spikes import SpikeStop
-    from pretrain.train import run, shutdown
+    from pretrain.train.spike_policy import SpikeStop
+    from pretrain.train.run import run
+    from pretrain.train.setup import shutdown
 
     data_dir, work_dir = sys.argv[1], Path(sys.argv[2])
     only = set(sys.argv[3].split(",")) if len(sys.argv) > 3 else None

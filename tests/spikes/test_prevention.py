@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 
 def test_embedding_grad_shrink_keeps_value_and_scales_gradient():
-    from pretrain.model import _shrink_embedding_grad
+    from pretrain.model.teleflm import _shrink_embedding_grad
 
     torch.manual_seed(0)
     plain, shrunk = torch.nn.Embedding(16, 8), torch.nn.Embedding(16, 8)
@@ -22,7 +22,7 @@ def test_embedding_grad_shrink_keeps_value_and_scales_gradient():
 
 
 def test_truncated_normal_init_stays_within_two_sigma():
-    from pretrain.model import init_method_for
+    from pretrain.model.teleflm import init_method_for
 
     std = 0.02
     cfg = OmegaConf.create({"init_method_std": std, "truncated_normal_init": True, "use_mup": False})

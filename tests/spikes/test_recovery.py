@@ -128,7 +128,7 @@ def test_log_z_single_process_is_logsumexp():
 def test_config_keys_map_one_to_one_onto_spike_config():
     from dataclasses import fields
 
-    from pretrain.spikes import SpikeConfig, spike_config_from
+    from pretrain.train.spike_policy import SpikeConfig, spike_config_from
     from tests.pretrain.trainer_worker import compose
 
     cfg = compose([])
@@ -139,7 +139,7 @@ def test_config_keys_map_one_to_one_onto_spike_config():
 
 
 def test_replay_ranges_from_log_or_list(tmp_path):
-    from pretrain.spikes import load_skip_ranges
+    from pretrain.train.spike_policy import load_skip_ranges
 
     log = tmp_path / "spikes.jsonl"
     log.write_text("\n".join(json.dumps(r) for r in [

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from pretrain.spikes import Action, RecoveryPlanner, Signal, SpikeConfig, SpikeDetector, Verdict
+from pretrain.train.spike_policy import Action, RecoveryPlanner, Signal, SpikeConfig, SpikeDetector, Verdict
 
 
 def noisy_descent(steps: int, seed: int = 0) -> list[float]:
@@ -101,7 +101,7 @@ def test_bad_config_names_the_key():
 def test_signals_outside_act_on_are_logged_not_acted_on(tmp_path):
     from omegaconf import OmegaConf
 
-    from pretrain.spikes import spike_config_from
+    from pretrain.train.spike_policy import spike_config_from
     from pretrain.train.callback import Decision
     from pretrain.train.callbacks.checkpointing import Checkpointing
     from pretrain.train.callbacks.metrics import Metrics

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pretrain.heldout_eval import HeldoutEvaluator
+from pretrain.eval.heldout import HeldoutEvaluator
 from pretrain.train.callback import Callback, StepOutcome, TrainerView
 from pretrain.train.callbacks.metrics import Metrics
 

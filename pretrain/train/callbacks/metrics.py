@@ -8,8 +8,8 @@ from typing import Any
 import torch.distributed as dist
 from omegaconf import DictConfig
 
-from pretrain.flops import mfu
-from pretrain.metrics import RunMonitor, memory_gb
+from pretrain.tools.flops import mfu
+from pretrain.train.monitor import RunMonitor, memory_gb
 from pretrain.train.callback import Callback, StepOutcome, TrainerView
 
 

@@ -1,4 +1,4 @@
-"""Loss-spike detection and recovery in the loop (the policy itself: :mod:`pretrain.spikes`).
+"""Loss-spike detection and recovery in the loop (the policy itself: :mod:`pretrain.train.spike_policy`).
 
 Before the update the step's loss and gradient norm are judged (the same
 verdict on every rank); a flagged step's update is dropped and the planner's
@@ -14,7 +14,7 @@ from typing import Any
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.spikes import (Action, RecoveryPlanner, Signal, SpikeConfig, SpikeDetector, SpikeStop, Verdict,
+from pretrain.train.spike_policy import (Action, RecoveryPlanner, Signal, SpikeConfig, SpikeDetector, SpikeStop, Verdict,
                              agree, load_skip_ranges)
 from pretrain.train.callback import Callback, Decision, StepOutcome, TrainerView
 from pretrain.train.callbacks.checkpointing import Checkpointing

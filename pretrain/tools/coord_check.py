@@ -1,4 +1,4 @@
-"""μP coordinate check: ``python -m pretrain.coord_check [hydra overrides]``.
+"""μP coordinate check: ``python -m pretrain.tools.coord_check [hydra overrides]``.
 
 Why: a μP implementation is right when every layer's activation scale stays
 flat as width grows after a few training steps, and wrong (growing with
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def load_config(overrides: list[str], experiment: str = "mup_coord_check") -> DictConfig:

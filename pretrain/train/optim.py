@@ -37,7 +37,7 @@ def build_optimizer(cfg: DictConfig, model_chunks: list):
     """megatron's (distributed) Adam over DDP-wrapped chunks.
 
     With ``model.mup.enabled`` each μP parameter group gets its own peak/floor
-    LR (``pretrain.mup.megatron_optimizer_kwargs``: matrix-like weights
+    LR (``pretrain.model.mup.megatron_optimizer_kwargs``: matrix-like weights
     ``train.lr_matrix / fan-in multiplier``, vector-like ``train.lr``); the
     scheduler then scales every group by the same warm-up/decay shape.
     """
@@ -46,7 +46,7 @@ def build_optimizer(cfg: DictConfig, model_chunks: list):
     # train.lr_matrix is one of the seven hyperparameters with or without μP: never ignore it.
     if (OmegaConf.select(cfg, "model.mup.enabled", default=False)
             or OmegaConf.select(cfg, "train.lr_matrix") is not None):
-        from pretrain.mup import megatron_optimizer_kwargs
+        from pretrain.model.mup import megatron_optimizer_kwargs
 
         kwargs = megatron_optimizer_kwargs(cfg, config, model_chunks)
     return get_megatron_optimizer(config, model_chunks, **kwargs)

@@ -1,13 +1,13 @@
-"""`python -m pretrain.plan`: will this model/layout/cluster fit, and how fast will it run?
+"""`python -m pretrain.tools.fit_check`: will this model/layout/cluster fit, and how fast will it run?
 
 Prints a per-GPU memory table for the first and last pipeline stage (the two
 extremes: the first holds the most micro-batches in flight, the last the
 logits) and an estimated step time and MFU, and exits non-zero, naming the
 keys to change, when the config cannot fit in `cluster.gpu.memory_gb`.
 
-    python -m pretrain.plan                                   # Tele-FLM 52B on 112 x 8 A800
-    python -m pretrain.plan model=1t parallel=teleflm_1t train.recompute=full
-    python -m pretrain.plan parallel=single                   # refused: names TP/PP
+    python -m pretrain.tools.fit_check                                   # Tele-FLM 52B on 112 x 8 A800
+    python -m pretrain.tools.fit_check model=1t parallel=teleflm_1t train.recompute=full
+    python -m pretrain.tools.fit_check parallel=single                   # refused: names TP/PP
 
 The trainer calls `plan(cfg)` (or `require_fit(cfg)`) before building a model
 so that an impossible config fails in a second, not after the first OOM on
@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pretrain.flops import model_flops_per_token, model_padded_vocab, parameter_count
-from pretrain.memory import (
+from pretrain.tools.flops import model_flops_per_token, model_padded_vocab, parameter_count
+from pretrain.tools.memory import (
     GIB,
     BlockShape,
     in_flight_layer_activations,
@@ -129,7 +129,7 @@ class StepTime:
 
 @dataclass(frozen=True)
 class Plan:
-    """Everything `python -m pretrain.plan` prints, as numbers."""
+    """Everything `python -m pretrain.tools.fit_check` prints, as numbers."""
 
     model_name: str
     cluster_name: str
@@ -227,7 +227,7 @@ def _gpu_facts(cfg: Any, capacity_gib: float | None, peak_tflops: float | None) 
         return None, capacity_gib, peak_tflops
     if not torch.cuda.is_available():
         return None, capacity_gib, peak_tflops
-    from pretrain.flops import detect_peak_bf16_tflops
+    from pretrain.tools.flops import detect_peak_bf16_tflops
 
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     capacity = capacity_gib if capacity_gib is not None else props.total_memory / GIB
@@ -735,12 +735,12 @@ def _hydra_main() -> None:
     import hydra
     from omegaconf import DictConfig
 
-    @hydra.main(config_path="../configs", config_name="plan", version_base=None)
+    @hydra.main(config_path="../../configs", config_name="plan", version_base=None)
     def main(cfg: DictConfig) -> None:
         try:
             result = plan(cfg)
         except PlanRefused as error:
-            print(f"pretrain.plan: {error}", file=sys.stderr)
+            print(f"pretrain.tools.fit_check: {error}", file=sys.stderr)
             sys.exit(REFUSED_EXIT_CODE)
         print(format_plan(result))
         if result.refusal:

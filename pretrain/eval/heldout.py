@@ -4,9 +4,9 @@ The data stage carves a held-out split that is never trained on; the tokenizer
 stage encodes it into one indexed dataset per language and per source and
 records the UTF-8 bytes of each (``manifest.json``: ``heldout.by_lang`` and
 ``heldout.by_source``). Here every held-out document is scored once, whole,
-with the window convention of :mod:`pretrain.bpb` (EOD as context, every token
+with the window convention of :mod:`pretrain.eval.bpb` (EOD as context, every token
 including the final EOD predicted), so the BPB the trainer logs equals what
-``python -m pretrain.evaluate`` computes on the exported Hugging Face model.
+``python -m pretrain.eval.hf_bpb`` computes on the exported Hugging Face model.
 
 Windows are padded to the model's sequence length (loss mask 0 on padding) so
 they go through megatron's own pipeline schedule with ``forward_only=True``;
@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
-from pretrain.bpb import Score, document_windows
+from pretrain.eval.bpb import Score, document_windows
 
 
 def load_windows(prefix: str, eod_id: int, seq_length: int, max_documents: int | None) -> list[tuple[list[int], list[int]]]:

@@ -21,7 +21,7 @@ kind                  init std at width ``n``              Adam LR at width ``n`
 QKV and fc1, ``heads / base_heads`` for the attention output projection (head
 dim is fixed, so its fan-in is ``heads × kv_channels``) and ``ffn / base_ffn``
 for fc2.  The readout's 1/width comes from the logit multiplier
-``output_mult / width_mult`` in ``pretrain.model``; that is why its init and LR
+``output_mult / width_mult`` in ``pretrain.model.teleflm``; that is why its init and LR
 stay constant (a weight with one infinite dimension is "vector-like" in μP).
 
 Every rule reads the *global* shapes from the model config and the parameter's

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from megatron.core import parallel_state, tensor_parallel
 
-from pretrain.mup import initializer, param_kind  # noqa: F401  (param_kind re-exported: one classifier)
+from pretrain.model.mup import initializer, param_kind  # noqa: F401  (param_kind re-exported: one classifier)
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.enums import AttnMaskType
@@ -37,7 +37,7 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from pretrain.run_config import padded_vocab_size, resolved_vocab_size  # noqa: F401 (re-exported)
+from pretrain.config.resolve import padded_vocab_size, resolved_vocab_size  # noqa: F401 (re-exported)
 
 try:  # TransformerEngine is only on GPU clusters.
     import transformer_engine  # noqa: F401
@@ -238,7 +238,7 @@ def init_method_for(model_cfg: DictConfig, kind: ParamKind, name: str | None = N
                     ) -> Callable[[torch.Tensor, torch.Generator], None]:
     """The initialiser for one kind of parameter (applied to the full, unsharded tensor).
 
-    The μP rules live in :mod:`pretrain.mup` (``initializer``): matrix-like std
+    The μP rules live in :mod:`pretrain.model.mup` (``initializer``): matrix-like std
     ``init_method_std / sqrt(fan-in multiplier)``, ``embedding_init_std`` for
     the embedding, ``init_method_std`` for the readout, ones for norm gains;
     truncated normal (±2σ) when ``truncated_normal_init``. With μP off the

@@ -88,7 +88,7 @@ class RunMonitor:
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                              desc="pretrain", file=sys.stderr, mininterval=1.0,
                              disable=None)  # None: a bar on terminals, plain log lines in files
-        # layout: pretrain.optim.describe_optimizer (dtypes, optimizer shards), on the start row
+        # layout: pretrain.train.optim.describe_optimizer (dtypes, optimizer shards), on the start row
         self.event("resume" if start_step > 0 else "start", start_step, **(layout or {}))
         if layout:
             self._print(format_layout(layout))
@@ -122,8 +122,8 @@ class RunMonitor:
         self._print(f"step {step:>6} | held-out loss {loss:.4f}")
 
     def log_heldout(self, step: int, results: dict[str, dict[str, dict]]) -> None:
-        """Per-language and per-source held-out loss/perplexity/BPB (pretrain.heldout_eval)."""
-        from pretrain.heldout_eval import format_table
+        """Per-language and per-source held-out loss/perplexity/BPB (pretrain.eval.heldout)."""
+        from pretrain.eval.heldout import format_table
 
         self.event("heldout", step, **results)
         if self._wandb is not None:

@@ -1,7 +1,7 @@
 """Parameter and FLOP counting for Tele-FLM-style decoders, and MFU.
 
 The trainer reports MFU with `model_flops_per_token` and `mfu`; the planner
-(`pretrain.plan`) uses the same numbers, so the two can never disagree about
+(`pretrain.tools.fit_check`) uses the same numbers, so the two can never disagree about
 what "one token of work" means.
 
 Counting convention (publish it next to every MFU figure):

@@ -1,13 +1,13 @@
-"""`python -m pretrain.evaluate`: bits per byte of a Hugging Face model per language and source.
+"""`python -m pretrain.eval.hf_bpb`: bits per byte of a Hugging Face model per language and source.
 
 Scores held-out text (the data stage's ``heldout/`` parquet shards, or any
 parquet/jsonl with ``text``, ``lang`` and ``source`` columns) with an exported
 model directory, in batches, and writes ``bpb.json``, ``bpb.md`` and a bar
-chart ``bpb.png``. The scoring convention is the one in :mod:`pretrain.bpb`, so
+chart ``bpb.png``. The scoring convention is the one in :mod:`pretrain.eval.bpb`, so
 the numbers agree with what the trainer reports for the checkpoint the model
 was exported from.
 
-    python -m pretrain.evaluate hf_dir=runs/demo/hf heldout=runs/demo/data/heldout output=runs/demo/eval
+    python -m pretrain.eval.hf_bpb hf_dir=runs/demo/hf heldout=runs/demo/data/heldout output=runs/demo/eval
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from pretrain.bpb import Score, score_token_documents
+from pretrain.eval.bpb import Score, score_token_documents
 
 
 def iter_records(data: str, text_key: str = "text") -> Iterator[dict]:
@@ -121,10 +121,10 @@ def write_report(groups: dict[str, dict[str, Score]], output: Path, title: str) 
     return result
 
 
-@hydra.main(config_path="../configs", config_name="evaluate", version_base=None)
+@hydra.main(config_path="../../configs", config_name="evaluate", version_base=None)
 def main(cfg: DictConfig) -> None:
     if not cfg.hf_dir or not cfg.heldout:
-        sys.exit("pretrain.evaluate: set hf_dir=HF_MODEL_DIR and heldout=HELDOUT_DIR_OR_GLOB")
+        sys.exit("pretrain.eval.hf_bpb: set hf_dir=HF_MODEL_DIR and heldout=HELDOUT_DIR_OR_GLOB")
     groups = evaluate_hf_model(cfg.hf_dir, cfg.heldout, cfg.max_len, cfg.batch_size, cfg.max_documents)
     result = write_report(groups, Path(cfg.output), Path(cfg.hf_dir).name)
     print(Path(cfg.output, "bpb.md").read_text())

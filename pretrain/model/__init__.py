@@ -1,0 +1,1 @@
+"""The Tele-FLM architecture as megatron-core specs (teleflm) and its μP rules (mup)."""
