@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.pretrain.launch import REPO_ROOT
-from tests.pretrain.synthetic_data import make_indexed_dataset
-from tests.pretrain.trainer_worker import SHORT_RUN, SMALL_MODEL
+from tests.helpers.launch import REPO_ROOT
+from tests.helpers.synthetic_data import make_indexed_dataset
+from tests.pretrain.train.trainer_worker import SHORT_RUN, SMALL_MODEL
 
 METRIC_KEYS = {"step", "loss", "grad_norm", "lr", "tokens_per_s", "consumed_samples", "tflops_per_gpu",
                "mfu", "mem_gb", "elapsed_s"}

@@ -1,6 +1,6 @@
 """Fault-injected training runs inside ONE torchrun launch (process start-up dominates on CPU).
 
-    torchrun --nproc_per_node=2 tests/spikes/spike_worker.py DATA_DIR WORK_DIR
+    torchrun --nproc_per_node=2 tests/pretrain/train/spike_worker.py DATA_DIR WORK_DIR
 
 Scenarios run in order (the replay reads the lr_spike run's spikes.jsonl). Rank 0
 writes WORK_DIR/results.json: per scenario the loss of every step, the event rows
@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
-from tests.pretrain.trainer_worker import SMALL_MODEL, compose  # noqa: E402
+from tests.pretrain.train.trainer_worker import SMALL_MODEL, compose  # noqa: E402
 
 STEPS = 30
 RUN = [

@@ -1,6 +1,6 @@
 """2 processes: the Tele-FLM model at TP2 (+SP) and at TP1 computes the same loss.
 
-Prints one JSON line per check for tests/pretrain/test_model.py to assert on.
+Prints one JSON line per check for tests/pretrain/model/test_teleflm.py to assert on.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.pretrain.launch import REPO_ROOT
-from tests.pretrain.synthetic_data import make_indexed_dataset
-from tests.pretrain.trainer_worker import SMALL_MODEL
+from tests.helpers.launch import REPO_ROOT
+from tests.helpers.synthetic_data import make_indexed_dataset
+from tests.pretrain.train.trainer_worker import SMALL_MODEL
 
 pytestmark = pytest.mark.multiproc
 
@@ -170,7 +170,7 @@ def test_nan_skip_heldout_bpb_and_sigusr1_requeue_under_deepspeed(work):
     import time
 
     from pretrain.preemption import PREEMPTED_EXIT_CODE
-    from tests.pretrain.launch import free_port
+    from tests.helpers.launch import free_port
 
     run_dir = work / "ds_preempt"
     common = [f"data.path={work / 'indexed'}", f"run_dir={run_dir}", *SMALL_MODEL, *RUN, *DS_ZERO1,

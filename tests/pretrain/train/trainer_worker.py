@@ -1,6 +1,6 @@
 """Several real training runs inside ONE torchrun launch (process start-up dominates on CPU).
 
-    torchrun --nproc_per_node=N tests/pretrain/trainer_worker.py GROUP DATA_DIR WORK_DIR
+    torchrun --nproc_per_node=N tests/pretrain/train/trainer_worker.py GROUP DATA_DIR WORK_DIR
 
 Each scenario calls ``pretrain.train.run`` exactly as ``python -m pretrain``
 would (config composed by Hydra from configs/), then tears down megatron's
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 # A model small enough for a 2-core CI box, with every Tele-FLM feature on.
 SMALL_MODEL = [

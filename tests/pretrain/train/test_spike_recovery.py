@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pretrain.launch import torchrun
-from tests.pretrain.synthetic_data import make_indexed_dataset
+from tests.helpers.launch import torchrun
+from tests.helpers.synthetic_data import make_indexed_dataset
 
 # Measured (2-core CPU, DP2 fp32, 30 steps, clean final loss 5.478): nan +0.001,
 # lr_spike -0.064 (its rollback skips 7 of the first 37 batches, so it ends on other data);
@@ -27,7 +27,7 @@ STEPS = 30
 def runs(tmp_path_factory) -> dict:
     data = make_indexed_dataset(tmp_path_factory.mktemp("data"))
     work = tmp_path_factory.mktemp("spikes")
-    torchrun(2, ["tests/spikes/spike_worker.py", str(data), str(work)], timeout=900)
+    torchrun(2, ["tests/pretrain/train/spike_worker.py", str(data), str(work)], timeout=900)
     return json.loads((work / "results.json").read_text())
 
 
@@ -129,7 +129,7 @@ def test_config_keys_map_one_to_one_onto_spike_config():
     from dataclasses import fields
 
     from pretrain.train.spike_policy import SpikeConfig, spike_config_from
-    from tests.pretrain.trainer_worker import compose
+    from tests.pretrain.train.trainer_worker import compose
 
     cfg = compose([])
     keys = set(cfg.train.spikes) - {"replay_skips"}

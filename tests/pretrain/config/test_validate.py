@@ -8,9 +8,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from pretrain.config.validate import ConfigError, config_errors, validate
-from tests.pretrain.synthetic_data import make_indexed_dataset
+from tests.helpers.synthetic_data import make_indexed_dataset
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pretrain.tools.flops import (
     peak_bf16_tflops_for,
 )
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 
 def load_model(name: str):

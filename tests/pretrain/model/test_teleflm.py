@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pretrain.model.teleflm import logit_multiplier, padded_vocab_size, resolved_vocab_size, width_mult
-from tests.pretrain.launch import torchrun
+from tests.helpers.launch import torchrun
 
 
 def test_vocab_padding_rounds_up_to_divisor_times_tp():
@@ -28,7 +28,7 @@ def test_mup_output_multiplier_matches_tele_flm():
 
 @pytest.mark.multiproc
 def test_tp2_and_tp1_forward_agree_and_names_are_megatron_standard():
-    out = torchrun(2, ["tests/pretrain/model_worker.py"], timeout=240)
+    out = torchrun(2, ["tests/pretrain/model/model_worker.py"], timeout=240)
     line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
     results = json.loads(line[len("RESULT "):])
     assert results["tp2_sp"] == pytest.approx(results["tp1"], abs=1e-5)

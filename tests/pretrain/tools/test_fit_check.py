@@ -22,7 +22,7 @@ from pretrain.tools.memory import (
 )
 from pretrain.tools.fit_check import Assumptions, PlanRefused, format_plan, plan, require_fit
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "configs"
 
 

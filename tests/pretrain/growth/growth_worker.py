@@ -8,7 +8,7 @@ that follow, a mid-ramp resume, and (once the ramp is over) the loss of the
 same checkpoint in the plain model.  Rank 0 writes the figures to a JSON file
 the pytest side asserts on.
 
-Usage: torchrun --nproc_per_node=2 tests/growth/growth_worker.py OUT_DIR SCENARIO[,SCENARIO...]
+Usage: torchrun --nproc_per_node=2 tests/pretrain/growth/growth_worker.py OUT_DIR SCENARIO[,SCENARIO...]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 VOCAB, SEQ, MBS, GBS = 256, 32, 2, 4
 BASE_MODEL = dict(name="growth_test", num_layers=2, hidden_size=64, num_attention_heads=2, num_query_groups=2,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pretrain.launch import REPO_ROOT, torchrun
-from tests.pretrain.synthetic_data import make_indexed_dataset
+from tests.helpers.launch import REPO_ROOT, torchrun
+from tests.helpers.synthetic_data import make_indexed_dataset
 
 # Measured on CPU/gloo fp32: TP2(+SP), PP2, DP2 (distributed optimizer), PP2 with 2 virtual
 # stages and the 8-process TP2xPP2xDP2 differ by at most 2.4e-7 per step over 20 steps
@@ -35,7 +35,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def two_process_work(tmp_path_factory, data_dir) -> Path:
     work = tmp_path_factory.mktemp("two")
-    torchrun(2, ["tests/pretrain/trainer_worker.py", "two", str(data_dir), str(work)], timeout=600)
+    torchrun(2, ["tests/pretrain/train/trainer_worker.py", "two", str(data_dir), str(work)], timeout=600)
     return work
 
 
@@ -47,7 +47,7 @@ def two_process_runs(two_process_work) -> dict:
 @pytest.fixture(scope="module")
 def eight_process_runs(tmp_path_factory, data_dir) -> dict:
     work = tmp_path_factory.mktemp("eight")
-    torchrun(8, ["tests/pretrain/trainer_worker.py", "eight", str(data_dir), str(work)], timeout=600)
+    torchrun(8, ["tests/pretrain/train/trainer_worker.py", "eight", str(data_dir), str(work)], timeout=600)
     return json.loads((work / "results.json").read_text())
 
 
