@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 LR_DECAY_STYLES = ("cosine", "wsd", "constant")
 RECOMPUTE = ("none", "selective", "full")
-BACKENDS = ("megatron", "deepspeed")  # deepspeed: pretrain/ds_backend.py
+BACKENDS = ("megatron", "deepspeed")  # pretrain/train/megatron_step.py, pretrain/train/deepspeed_step.py
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -173,7 +173,7 @@ def misc_errors(cfg: DictConfig) -> list[str]:
 
 
 def deepspeed_errors(cfg: DictConfig) -> list[str]:
-    """backend=deepspeed (pretrain/ds_backend.py): ZeRO over a TP x DP grid, no pipeline."""
+    """backend=deepspeed (pretrain/train/deepspeed_step.py): ZeRO over a TP x DP grid, no pipeline."""
     errors = []
     pp = int(_sel(cfg, "parallel.pipeline_model_parallel_size", 1))
     if pp != 1:
