@@ -48,6 +48,9 @@ RATES = (0.05, 0.10, 0.20, 0.30)
 BENCH_DEFINITION = ("dedup.threshold.en=0.1",)
 CJK = {"zh"}
 
+sys.path.insert(0, str(REPO))
+from scripts.build_demo_corpus import edit_text  # noqa: E402  (the demo corpus's own near-duplicate procedure)
+
 
 def paragraphs(lang: str) -> list[str]:
     files = {"en": ["en_docs"], "zh": ["zh_docs", "zh_classical"]}[lang]
@@ -66,24 +69,6 @@ def paragraphs(lang: str) -> list[str]:
     # distinct prose paragraphs only: table rows and command lines recur across sections and would make
     # unrelated generated documents look alike
     return sorted(set(out))
-
-
-def edit_text(text: str, rate: float, lang: str, rng: random.Random) -> str:
-    """Same procedure as scripts/build_demo_corpus.py: substitute, delete or insert ~rate of the units."""
-    units = list(text) if lang in CJK else text.split(" ")
-    pool = units[:]
-    out = []
-    for unit in units:
-        r = rng.random()
-        if r < rate / 3:
-            continue
-        if r < 2 * rate / 3:
-            out.append(rng.choice(pool))
-            continue
-        out.append(unit)
-        if r < rate:
-            out.append(rng.choice(pool))
-    return ("" if lang in CJK else " ").join(out)
 
 
 def scramble(text: str, lang: str, vocab: list[str], rng: random.Random, rate: float = 0.5) -> str:
