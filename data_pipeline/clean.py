@@ -23,7 +23,8 @@ EXAMPLE_CHARS = 200
 # Columns every row has whatever stages run. lang/lang_score are here, not the language stage's: dedup
 # and the splits read them, so a run without language id still needs them ("" and 0.0).
 CORE_COLUMNS = (
-    pa.field("file_key", pa.string()), pa.field("id", pa.string()), pa.field("text", pa.string()),
+    pa.field("file_key", pa.string()), pa.field("id", pa.string()), pa.field("doc_id", pa.string()),
+    pa.field("text", pa.string()),
     pa.field("source", pa.string()), pa.field("lang", pa.string()), pa.field("lang_score", pa.float64()),
     pa.field("lang_hint", pa.string()), pa.field("status", pa.string()), pa.field("stage", pa.string()),
     pa.field("reason", pa.string()), pa.field("file", pa.string()), pa.field("line", pa.int64()),
@@ -53,7 +54,10 @@ def blank_row(schema: pa.Schema) -> dict[str, Any]:
 def clean_record(rec: dict, stages: list[DocumentStage], blank: dict[str, Any]) -> dict:
     """Run ``stages`` (from ``build_stages``) on one reader row; ``blank`` comes from ``blank_row``."""
     row = dict(blank)
-    row.update(file_key=rec["file_key"], id=rec.get("id"), source=rec.get("source"), lang_hint=rec.get("lang_hint"),
+    # id is the input's own (kept as metadata, possibly repeated across files); doc_id is the pipeline's,
+    # unique in a run whatever the input says, and the one dedup and the writer go by.
+    row.update(file_key=rec["file_key"], id=rec.get("id"), doc_id=f"{rec['file_key']}:{rec.get('line')}",
+               source=rec.get("source"), lang_hint=rec.get("lang_hint"),
                file=rec.get("file"), line=rec.get("line"), bands=[], signature=[])
     if rec["kind"] == "quarantine":
         row.update(status="quarantined", stage="read", reason="malformed", error=rec["error"],

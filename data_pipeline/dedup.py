@@ -19,6 +19,15 @@ little as possible:
    each connected component, so the survivor is the same whatever the order of
    files, blocks or workers.
 
+The ids dedup works on are never the input's own: a crawl repeats ids across
+files, and two copies of one text under one id would look like one document
+(both kept), while a unique text sharing its id with a removed copy would be
+removed with it. Each document is known here by ``dedup_key``: its input id,
+then its pipeline ``doc_id`` (``<file key>:<line>``, unique in a run), so
+which documents go depends only on their content and the survivor of a
+cluster is still the one with the smallest input id. Repeated input ids are
+counted (``count_input_ids``) for the report.
+
 Exact-duplicate clusters are resolved first; near-duplicate clusters are then
 formed over what is left, so each removed document gets one honest reason.
 """
@@ -36,6 +45,18 @@ NEAR = "near_duplicate"
 # Buckets up to this size emit every pair (at most 120); larger ones, a star. True duplicates share
 # many buckets, so a star in a big bucket still connects them through their other, smaller buckets.
 ALL_PAIRS_MAX_BUCKET = 16
+MAX_ID_EXAMPLES = 3  # repeated input ids named in the report
+
+
+def dedup_keys(table: pa.Table) -> np.ndarray:
+    """``input id NUL doc_id`` per row: unique (doc_id is), and ordered by input id first."""
+    return np.array([f"{i}\0{d}" for i, d in zip(table.column("id").to_pylist(), table.column("doc_id").to_pylist())],
+                    dtype=object)
+
+
+def doc_id_of(key: str) -> str:
+    """The doc_id a ``dedup_keys`` key was made from (a doc_id holds no NUL)."""
+    return key.rsplit("\0", 1)[1]
 
 
 class UnionFind:
@@ -90,7 +111,7 @@ def bucket_rows(table: pa.Table, exact: bool, fuzzy: bool) -> tuple[np.ndarray, 
     bucket, so an exact hash and a band hash that happen to be equal never meet.
     """
     kept = table.filter(pa.compute.equal(table.column("status"), "kept"))
-    ids = np.asarray(kept.column("id").to_pylist(), dtype=object)
+    ids = dedup_keys(kept)
     keys, kinds, out_ids = [], [], []
     if exact and len(kept):
         keys.append(kept.column("exact_hash").to_numpy(zero_copy_only=False).astype(np.uint64))
@@ -112,7 +133,7 @@ def map_partition(path: str, num_partitions: int, exact: bool, fuzzy: bool) -> l
     """Shuffle map side: one file's bucket rows split into ``num_partitions`` by key."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=["id", "status", "exact_hash", "bands"])
+    table = pq.read_table(path, columns=["id", "doc_id", "status", "exact_hash", "bands"])
     keys, kinds, ids = bucket_rows(table, exact, fuzzy)
     part = (keys % np.uint64(num_partitions)).astype(np.int64)
     order = np.argsort(part, kind="stable")
@@ -183,8 +204,8 @@ def fetch_signatures(path: str, wanted: set[str]) -> dict[str, tuple[np.ndarray,
     """(stored MinHash signature, language) of the wanted ids in one stage-1 file."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=["id", "lang", "signature"])
-    ids = table.column("id").to_pylist()
+    table = pq.read_table(path, columns=["id", "doc_id", "lang", "signature"])
+    ids = dedup_keys(table).tolist()
     rows = [i for i, doc_id in enumerate(ids) if doc_id in wanted]
     if not rows:
         return {}
@@ -221,14 +242,53 @@ def verify_pairs(pairs: list[tuple[str, str]], part_files: list[str], threshold:
 
 
 def find_duplicates(part_files: list[str], cfg: Any) -> tuple[dict[str, str], dict[str, int]]:
-    """({removed id: reason}, stats) over the kept rows stored in ``part_files``."""
+    """({removed doc_id: reason}, stats) over the kept rows stored in ``part_files``."""
     if not part_files or not (cfg.dedup.exact or cfg.dedup.fuzzy):
         return {}, {"exact_pairs": 0, "near_candidate_pairs": 0, "near_verified_pairs": 0}
     exact_pairs, near_candidates = candidate_pairs(part_files, cfg)
     near_pairs = verify_pairs(near_candidates, part_files, cfg.dedup.threshold)
-    removed = removals_from_pairs(exact_pairs, near_pairs)
+    removed = {doc_id_of(key): reason for key, reason in removals_from_pairs(exact_pairs, near_pairs).items()}
     return removed, {"exact_pairs": len(exact_pairs), "near_candidate_pairs": len(near_candidates),
                      "near_verified_pairs": len(near_pairs)}
+
+
+def map_input_ids(path: str, num_partitions: int) -> list[np.ndarray]:
+    """Input ids of one stage-1 file's records (not quarantine rows), split into ``num_partitions`` by hash."""
+    import pyarrow.parquet as pq
+    import xxhash
+
+    table = pq.read_table(path, columns=["id", "status"])
+    ids = table.filter(pa.compute.not_equal(table.column("status"), "quarantined")).column("id").to_pylist()
+    part = np.fromiter((xxhash.xxh64_intdigest(i.encode("utf-8", "surrogatepass")) % num_partitions for i in ids),
+                       dtype=np.int64, count=len(ids))
+    values = np.asarray(ids, dtype=object)
+    return [values[part == p] for p in range(num_partitions)]
+
+
+def reduce_input_ids(*parts: np.ndarray) -> tuple[int, int, list[str]]:
+    """(ids seen more than once, records carrying them, a few of them) in one partition."""
+    from collections import Counter
+
+    counts = Counter(x for p in parts for x in p.tolist())
+    repeated = sorted(i for i, n in counts.items() if n > 1)
+    return len(repeated), sum(counts[i] for i in repeated), repeated[:MAX_ID_EXAMPLES]
+
+
+def count_input_ids(part_files: list[str], cfg: Any) -> dict:
+    """How many input ids are repeated (across or within files): the report's ``input_ids``."""
+    import ray
+
+    num_partitions = max(1, int(cfg.dedup.shuffle_partitions))
+    if not part_files:
+        return {"repeated": 0, "records": 0, "examples": []}
+    map_task = ray.remote(map_input_ids).options(num_returns=num_partitions, num_cpus=1)
+    reduce_task = ray.remote(reduce_input_ids).options(num_cpus=1)
+    mapped = [map_task.remote(p, num_partitions) for p in part_files]
+    if num_partitions == 1:
+        mapped = [[m] for m in mapped]
+    results = ray.get([reduce_task.remote(*[m[p] for m in mapped]) for p in range(num_partitions)])
+    examples = sorted(x for _, _, ex in results for x in ex)[:MAX_ID_EXAMPLES]
+    return {"repeated": sum(r[0] for r in results), "records": sum(r[1] for r in results), "examples": examples}
 
 
 def stage1_part_files(work: Path, keys: list[str]) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from data_pipeline.config import ConfigError, plain, validate
-from data_pipeline.dedup import find_duplicates, stage1_part_files
+from data_pipeline.dedup import count_input_ids, find_duplicates, stage1_part_files
 from data_pipeline.readers import expand_inputs
 from data_pipeline.report import build_report, summary_line, write_outputs
 from data_pipeline.stage1 import run_stage1
@@ -85,6 +85,7 @@ def run(cfg: DictConfig) -> dict:
         t1 = time.time()
         part_files = stage1_part_files(work, [f.key for f in files])
         removed, dedup_stats = find_duplicates(part_files, plain(cfg))
+        input_ids = count_input_ids(part_files, plain(cfg))
         t2 = time.time()
         tally = merge_tallies(_write_outputs_parallel(part_files, out, removed, cfg))
         t3 = time.time()
@@ -93,7 +94,7 @@ def run(cfg: DictConfig) -> dict:
             import ray
 
             ray.shutdown()
-    run_info = {"files": [f.path for f in files], "stage1": stage1_stats, "dedup": dedup_stats,
+    run_info = {"files": [f.path for f in files], "input_ids": input_ids, "stage1": stage1_stats, "dedup": dedup_stats,
                 "seconds": {"stage1": round(t1 - t0, 2), "dedup": round(t2 - t1, 2), "write": round(t3 - t2, 2),
                             "total": round(time.time() - started, 2)}}
     report = build_report(tally, run_info)

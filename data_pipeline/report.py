@@ -79,8 +79,13 @@ def report_markdown(report: dict) -> str:
              f"- dropped: **{report['dropped_total']}**",
              f"- quarantined (malformed input): **{report['quarantined']}**",
              f"- check: {report['input']} = {report['kept']} + {report['heldout']} + {report['dropped_total']} + "
-             f"{report['quarantined']}", "",
-             "## Dropped, by stage and reason", "", "| stage | reason | documents | examples |", "|---|---|---:|---|"]
+             f"{report['quarantined']}", ""]
+    ids = report.get("input_ids")
+    if ids and ids["repeated"]:
+        lines += [f"- input ids repeated: **{ids['repeated']}** ids on {ids['records']} records (e.g. "
+                  + ", ".join(f"`{_md_escape(str(i))}`" for i in ids["examples"])
+                  + "); documents are told apart by `doc_id`, so dedup is not affected", ""]
+    lines += ["## Dropped, by stage and reason", "", "| stage | reason | documents | examples |", "|---|---|---:|---|"]
     for stage, reasons in report["dropped"].items():
         for reason, entry in reasons.items():
             examples = "<br>".join(f"`{e['id']}`: {_md_escape(e['text'][:80])}" for e in entry["examples"])

@@ -58,7 +58,11 @@ def _add_kept(by: dict, rows: pa.Table) -> None:
 
 
 def write_part(index: int, path: str, out_dir: str, removed: dict[str, str], heldout_cfg: dict) -> dict:
-    """Ray task body for one stage-1 part file; returns a plain-dict tally."""
+    """Ray task body for one stage-1 part file (``removed`` is keyed by doc_id); returns a plain-dict tally.
+
+    The held-out split hashes the input id, not the doc_id: it stays the same when the corpus is moved
+    or more files are added (a doc_id holds the file's position in the sorted input list).
+    """
     table = pq.read_table(path)
     tally = _new_tally()
     tally["input"] = len(table)
@@ -72,13 +76,13 @@ def write_part(index: int, path: str, out_dir: str, removed: dict[str, str], hel
         else:
             _add_drop(tally, row["stage"], row["reason"], row["id"], row["text"])
     kept = table.filter(pc.equal(status, "kept"))
-    ids = kept.column("id").to_pylist()
-    is_dup = [doc_id in removed for doc_id in ids]
+    doc_ids = kept.column("doc_id").to_pylist()
+    is_dup = [doc_id in removed for doc_id in doc_ids]
     if any(is_dup):
-        texts = kept.column("text").to_pylist()
-        for doc_id, text, dup in zip(ids, texts, is_dup):
+        texts, ids = kept.column("text").to_pylist(), kept.column("id").to_pylist()
+        for doc_id, input_id, text, dup in zip(doc_ids, ids, texts, is_dup):
             if dup:
-                _add_drop(tally, "dedup", removed[doc_id], doc_id, text)
+                _add_drop(tally, "dedup", removed[doc_id], input_id, text)
         kept = kept.filter(pa.array([not d for d in is_dup]))
     kept = kept.drop_columns([c for c in INTERNAL_COLUMNS if c in kept.column_names])
     held = heldout_mask(kept.column("id").to_pylist(), float(heldout_cfg["fraction"]), int(heldout_cfg["seed"]))

@@ -17,7 +17,7 @@ from .conftest import load_config, read_corpus
 # The layout stage-1 files had when the four stages were listed by hand in clean.py. Resumed runs mix
 # files written before and after a change, and the writer reads them as one, so it must not move.
 BUILTIN_COLUMNS = [
-    "file_key", "id", "text", "source", "lang", "lang_score", "lang_hint", "status", "stage", "reason", "file",
+    "file_key", "id", "doc_id", "text", "source", "lang", "lang_score", "lang_hint", "status", "stage", "reason", "file",
     "line", "error", "n_chars", "n_bytes", "pii_email", "pii_ip", "pii_phone", "pii_cn_id", "pii_us_ssn",
     "q_units", "q_mean_word_length", "q_alpha_words", "q_dup_line_fraction", "q_dup_line_char_fraction",
     "q_top_ngram_char_fraction", "q_dup_ngram_char_fraction", "q_line_punct_ratio", "q_short_line_ratio",
