@@ -69,7 +69,8 @@ def run(cfg: DictConfig) -> dict:
     """Run the pipeline described by ``cfg`` (configs/data_pipeline.yaml); return the summary."""
     started = time.time()
     validate(cfg)
-    files = expand_inputs(cfg.input, list(cfg.read.extensions))
+    skipped: list[dict] = []
+    files = expand_inputs(cfg.input, list(cfg.read.extensions), skipped)
     if not files:
         raise ConfigError(f"config key 'input': no file matches {cfg.input!r}")
     out = Path(str(cfg.output)).expanduser().resolve()
@@ -94,7 +95,8 @@ def run(cfg: DictConfig) -> dict:
             import ray
 
             ray.shutdown()
-    run_info = {"files": [f.path for f in files], "input_ids": input_ids, "stage1": stage1_stats, "dedup": dedup_stats,
+    run_info = {"files": [f.path for f in files], "skipped_files": sorted(skipped, key=lambda x: x["path"]),
+                "input_ids": input_ids, "stage1": stage1_stats, "dedup": dedup_stats,
                 "seconds": {"stage1": round(t1 - t0, 2), "dedup": round(t2 - t1, 2), "write": round(t3 - t2, 2),
                             "total": round(time.time() - started, 2)}}
     report = build_report(tally, run_info)

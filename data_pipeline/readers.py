@@ -38,12 +38,22 @@ def source_name(path: str) -> str:
     return Path(path).name.split(".")[0]
 
 
-def expand_inputs(spec: Any, extensions: list[str]) -> list[InputFile]:
+def expand_inputs(spec: Any, extensions: list[str], skipped: list[dict] | None = None) -> list[InputFile]:
     """Resolve a path, glob, comma list or list of those into a sorted, de-duplicated file list.
 
     Sorting makes the file keys (and so resume and shard numbering) independent
-    of the order the shell or the filesystem lists files in.
+    of the order the shell or the filesystem lists files in. Every file found in
+    a directory input is either returned or appended to ``skipped`` as
+    ``{"path", "reason"}`` (the report lists them): a format the readers do not
+    know, or a subdirectory that cannot be listed, is never passed over in silence.
+    Extensions match whatever their case (``F.JSONL`` is read).
     """
+    skipped = [] if skipped is None else skipped
+
+    def unlistable(exc: OSError) -> None:
+        skipped.append({"path": os.path.abspath(exc.filename or ""),
+                        "reason": f"directory not listable: {type(exc).__name__}: {exc.strerror or exc}"})
+
     patterns: list[str] = []
     items = [spec] if isinstance(spec, str) else list(spec)
     for item in items:
@@ -55,8 +65,13 @@ def expand_inputs(spec: Any, extensions: list[str]) -> list[InputFile]:
             matches = [pattern]
         for match in matches:
             if os.path.isdir(match):
-                for root, _, names in os.walk(match):
-                    paths.update(os.path.join(root, n) for n in names if _has_extension(n, extensions))
+                for root, _, names in os.walk(match, onerror=unlistable):
+                    for n in names:
+                        if _has_extension(n, extensions):
+                            paths.add(os.path.join(root, n))
+                        else:
+                            skipped.append({"path": os.path.abspath(os.path.join(root, n)),
+                                            "reason": _skip_reason(n, extensions)})
             else:
                 paths.add(match)
     files = []
@@ -68,7 +83,15 @@ def expand_inputs(spec: Any, extensions: list[str]) -> list[InputFile]:
 
 
 def _has_extension(name: str, extensions: list[str]) -> bool:
-    return any(name.endswith(ext) for ext in extensions)
+    lower = name.lower()
+    return any(lower.endswith(ext.lower()) for ext in extensions)
+
+
+def _skip_reason(name: str, extensions: list[str]) -> str:
+    known = ", ".join(extensions)
+    if "." not in name.strip("."):
+        return f"no known extension (read.extensions: {known})"
+    return f"unsupported extension '{Path(name).suffix}' (read.extensions: {known})"
 
 
 def stable_id(file_name: str, line: int, text: str) -> str:
@@ -76,16 +99,88 @@ def stable_id(file_name: str, line: int, text: str) -> str:
     return xxhash.xxh64_hexdigest(f"{file_name}\0{line}\0{text}".encode("utf-8", "surrogatepass"))
 
 
-def _open_binary(path: str) -> io.BufferedIOBase:
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith(".zst"):
+class _ZstdFrames(io.RawIOBase):
+    """Decompress zstd frames one after another; raise EOFError when the file ends inside a frame.
+
+    zstandard's own ``stream_reader`` ends a truncated file with a silent short
+    read, so a cut ``.jsonl.zst`` would look complete. A frame cut short is the
+    usual damage (a copy or an upload that stopped), and the report must say so.
+    """
+
+    CHUNK = 1 << 16  # compressed bytes per step: bounds the output held at once; as fast as stream_reader on text
+
+    def __init__(self, path: str) -> None:
         import zstandard
 
-        reader = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True,
-                                                            closefd=True)
-        return io.BufferedReader(reader)  # the raw zstd reader cannot iterate lines
+        self._fh = open(path, "rb")
+        self._dctx = zstandard.ZstdDecompressor()
+        self._dobj = self._dctx.decompressobj()
+        self._in_frame = False
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not len(self._buf):
+            chunk = self._fh.read(self.CHUNK)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("zstd frame incomplete: the file ends inside a frame")
+                return 0
+            self._buf = memoryview(self._decompress(chunk))
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def _decompress(self, chunk: bytes) -> bytes:
+        out = []
+        while chunk:
+            out.append(self._dobj.decompress(chunk))
+            self._in_frame = True
+            if self._dobj.eof:  # frame complete: whatever follows starts the next one
+                chunk = self._dobj.unused_data
+                self._dobj = self._dctx.decompressobj()
+                self._in_frame = False
+            else:
+                chunk = b""
+        return b"".join(out)
+
+    def close(self) -> None:
+        fh = getattr(self, "_fh", None)  # absent when __init__ failed to open the file
+        if fh is not None:
+            fh.close()
+        super().close()
+
+
+def _open_binary(path: str) -> io.BufferedIOBase:
+    lower = path.lower()
+    if lower.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if lower.endswith(".zst"):
+        return io.BufferedReader(_ZstdFrames(path), buffer_size=1 << 20)
     return open(path, "rb")
+
+
+def _stream_error(exc: BaseException) -> str:
+    """Name the damage: a compressed stream cut short, one with bad bytes, or a file the OS will not read."""
+    what = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, EOFError):
+        return f"truncated archive ({what})"
+    if isinstance(exc, (zlib.error, gzip.BadGzipFile)) or type(exc).__module__.startswith("zstandard"):
+        return f"corrupt archive ({what})"
+    return f"unreadable stream ({what})"
+
+
+# Errors that concern a whole file, or all of it from some line on, rather than one record: the report
+# lists these per file (``file_problems``) besides counting them with the other quarantine rows.
+FILE_PROBLEMS = ("unreadable file", "empty file", "truncated archive", "corrupt archive", "unreadable stream",
+                 "unreadable parquet")
+
+
+def is_file_problem(error: str | None) -> bool:
+    return bool(error) and error.startswith(FILE_PROBLEMS)
 
 
 def _quarantine(path: str, line: int, error: str, raw: bytes = b"") -> dict:
@@ -95,8 +190,16 @@ def _quarantine(path: str, line: int, error: str, raw: bytes = b"") -> dict:
 
 def iter_records(path: str, read_cfg: Any, default_source: str) -> Iterator[dict]:
     """Yield {"kind": "record", id, text, source, lang_hint, line} or {"kind": "quarantine", ...}."""
-    name = os.path.basename(path)
-    if os.path.getsize(path) == 0:
+    name = os.path.basename(path).lower()
+    try:
+        size = os.path.getsize(path)  # follows links: a loop, a dangling link or a vanished file fails here
+    except OSError as exc:
+        yield _quarantine(path, 0, f"unreadable file: {type(exc).__name__}: {exc.strerror or exc}")
+        return
+    if not os.path.isfile(path):
+        yield _quarantine(path, 0, "unreadable file: not a regular file")
+        return
+    if size == 0:
         yield _quarantine(path, 0, "empty file")
         return
     if ".parquet" in name:
@@ -117,12 +220,13 @@ def _iter_jsonl(path: str, read_cfg: Any, default_source: str) -> Iterator[dict]
                 if not raw.strip():
                     continue  # blank lines are layout, not records
                 seen_any = True
-                yield _parse_json_line(raw, path, name, line_no, read_cfg, default_source)
-    except (EOFError, OSError, zlib.error, ValueError) as exc:  # truncated or corrupt archive
-        yield _quarantine(path, line_no + 1, f"unreadable stream after line {line_no}: {type(exc).__name__}: {exc}")
-        return
-    except Exception as exc:  # zstandard raises its own ZstdError
-        yield _quarantine(path, line_no + 1, f"unreadable stream after line {line_no}: {type(exc).__name__}: {exc}")
+                try:
+                    row = _parse_json_line(raw, path, name, line_no, read_cfg, default_source)
+                except Exception as exc:  # RecursionError (deep nesting), MemoryError...: this record only
+                    row = _quarantine(path, line_no, f"unparseable record: {type(exc).__name__}: {exc}", raw)
+                yield row
+    except Exception as exc:  # the stream itself broke (truncated, corrupt, I/O error): no later line is reachable
+        yield _quarantine(path, line_no + 1, f"{_stream_error(exc)} after line {line_no}")
         return
     if not seen_any:
         yield _quarantine(path, 0, "empty file (no records after decompression)")
@@ -170,7 +274,11 @@ def _iter_parquet(path: str, read_cfg: Any, default_source: str) -> Iterator[dic
         for batch in pf.iter_batches(batch_size=1024):
             for obj in batch.to_pylist():
                 row += 1
-                yield _record_from_mapping(obj, path, name, row, read_cfg, default_source)
+                try:
+                    rec = _record_from_mapping(obj, path, name, row, read_cfg, default_source)
+                except Exception as exc:  # one odd row (e.g. an id whose str() fails) costs that row only
+                    rec = _quarantine(path, row, f"unparseable record: {type(exc).__name__}: {exc}")
+                yield rec
     except Exception as exc:
         yield _quarantine(path, row + 1, f"unreadable parquet after row {row}: {type(exc).__name__}: {exc}")
         return
@@ -185,7 +293,7 @@ def _iter_text_file(path: str, default_source: str) -> Iterator[dict]:
         with _open_binary(path) as fh:
             data = fh.read()
     except Exception as exc:
-        yield _quarantine(path, 1, f"unreadable stream: {type(exc).__name__}: {exc}")
+        yield _quarantine(path, 1, _stream_error(exc))
         return
     try:
         text = data.decode("utf-8")

@@ -14,6 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.readers import is_file_problem
+
 
 class InvariantError(AssertionError):
     """Some input records are neither in the output nor counted as dropped or quarantined."""
@@ -67,6 +69,10 @@ def build_report(tally: dict, run_info: dict) -> dict:
         "heldout_by_source": {s: {"documents": e["documents"], "bytes": e["bytes"], "langs": dict(sorted(e["langs"].items()))}
                               for s, e in sorted(tally["heldout_by"].items())},
         "pii_replacements": dict(sorted(tally["pii"].items())),
+        # files read only in part or not at all (each also counted once or more in ``quarantined``)
+        "file_problems": sorted(({"file": q["file"], "line": q["line"], "error": q["error"]}
+                                 for q in tally["quarantine"] if is_file_problem(q["error"])),
+                                key=lambda q: (q["file"], q["line"] or 0)),
         **run_info,
     }
 
@@ -90,6 +96,13 @@ def report_markdown(report: dict) -> str:
         for reason, entry in reasons.items():
             examples = "<br>".join(f"`{e['id']}`: {_md_escape(e['text'][:80])}" for e in entry["examples"])
             lines.append(f"| {stage} | {reason} | {entry['count']} | {examples} |")
+    if report.get("file_problems"):
+        lines += ["", "## Files read in part or not at all", "", "| file | from line | problem |", "|---|---:|---|"]
+        lines += [f"| {_md_escape(p['file'])} | {p['line']} | {_md_escape(p['error'])} |"
+                  for p in report["file_problems"]]
+    if report.get("skipped_files"):
+        lines += ["", "## Files in input directories not read", "", "| file | reason |", "|---|---|"]
+        lines += [f"| {_md_escape(p['path'])} | {_md_escape(p['reason'])} |" for p in report["skipped_files"]]
     lines += ["", "## Kept, by source", "", "| source | documents | bytes | languages |", "|---|---:|---:|---|"]
     for source, entry in report["kept_by_source"].items():
         langs = ", ".join(f"{k}: {v}" for k, v in entry["langs"].items())

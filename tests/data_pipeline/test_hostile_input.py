@@ -5,9 +5,14 @@ line nested 10,000 levels deep, a symlink loop, a file with an upper-case or unk
 truncated archive) and checks that every input record is either kept or counted with its reason.
 """
 
+import gzip
 import json
+import os
+
+import zstandard
 
 from data_pipeline.pipeline import run
+from data_pipeline.readers import iter_records
 
 from .conftest import load_config, output_rows, read_corpus
 
@@ -47,3 +52,83 @@ def test_duplicate_input_ids_across_files_do_not_steer_dedup(ray_cluster, tmp_pa
     assert len({r["doc_id"] for r in kept}) == len(kept)  # the pipeline's own id is unique
     assert report["input_ids"]["repeated"] == 2 and report["input_ids"]["records"] == 4
     assert sorted(report["input_ids"]["examples"]) == ["X", "Y"]
+
+
+def test_an_unparseable_record_is_quarantined_at_its_line_and_reading_goes_on(tmp_path):
+    t1, t2 = _texts(2)
+    deep = "[" * 10000 + "]" * 10000
+    path = tmp_path / "deep.jsonl"
+    path.write_text(json.dumps({"id": "1", "text": t1}) + "\n" + deep + "\n" + '{"text": ' + deep + "}\n"
+                    + json.dumps({"id": "4", "text": t2}) + "\n", encoding="utf-8")
+    rows = list(iter_records(str(path), load_config(input="x", output="y").read, "s"))
+    assert [(r["kind"], r["line"]) for r in rows] == [("record", 1), ("quarantine", 2), ("quarantine", 3),
+                                                     ("record", 4)]
+    assert "RecursionError" in rows[1]["error"]
+
+
+def test_a_path_that_cannot_be_opened_is_quarantined_not_fatal(tmp_path):
+    cfg = load_config(input="x", output="y")
+    rows = list(iter_records(str(tmp_path / "vanished.jsonl"), cfg.read, "s"))
+    assert [r["kind"] for r in rows] == ["quarantine"]
+    assert "unreadable file" in rows[0]["error"] and "FileNotFoundError" in rows[0]["error"]
+
+
+def test_every_file_of_a_directory_is_read_or_reported(ray_cluster, tmp_path):
+    texts = _texts(4)
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    (root / "good.jsonl").write_bytes(_jsonl([{"id": "g", "text": texts[0]}]))
+    (root / "UPPER.JSONL").write_bytes(_jsonl([{"id": "u", "text": texts[1]}]))
+    (root / "sub" / "Zipped.JSONL.GZ").write_bytes(gzip.compress(_jsonl([{"id": "z", "text": texts[2]}]), mtime=0))
+    (root / "old.jsonl.bz2").write_bytes(b"BZh9")
+    (root / "README").write_text("not data\n")
+    os.symlink(root / "loop.jsonl", root / "loop.jsonl")  # a symlink loop
+    os.symlink(root / "gone.jsonl", root / "dangling.jsonl")  # points nowhere
+    out = tmp_path / "out"
+    run(load_config(input=str(root), output=str(out), **{"heldout.fraction": 0.0}))
+    report = json.loads((out / "report.json").read_text())
+    _assert_totals_add_up(report)
+    assert sorted(r["id"] for r in output_rows(out, "shards")) == ["g", "u", "z"]
+    skipped = {os.path.basename(s["path"]): s["reason"] for s in report["skipped_files"]}
+    assert set(skipped) == {"old.jsonl.bz2", "README"}
+    assert "unsupported" in skipped["old.jsonl.bz2"] and "no known extension" in skipped["README"]
+    quarantine = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    bad = {os.path.basename(q["file"]): q["error"] for q in quarantine}
+    assert set(bad) == {"loop.jsonl", "dangling.jsonl"}
+    assert all(e.startswith("unreadable file") for e in bad.values())
+    assert report["quarantined"] == 2
+    problems = {os.path.basename(p["file"]): p["error"] for p in report["file_problems"]}
+    assert problems == bad
+    md = (out / "report.md").read_text()
+    assert "README" in md and "loop.jsonl" in md
+
+
+def _damaged(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return list(iter_records(str(path), load_config(input="x", output="y").read, "s"))
+
+
+def test_a_truncated_or_corrupt_archive_is_reported_as_such(tmp_path):
+    texts = _texts(60)
+    payload = _jsonl([{"id": str(i), "text": t} for i, t in enumerate(texts)])
+    # two frames, the second cut short: the first frame's records are read, then the truncation is reported
+    zst = zstandard.ZstdCompressor().compress(payload[:len(payload) // 2].rsplit(b"\n", 1)[0] + b"\n")
+    rest = zstandard.ZstdCompressor().compress(payload[len(payload) // 2:].split(b"\n", 1)[1])
+    rows = _damaged(tmp_path, "cut.jsonl.zst", zst + rest[: len(rest) // 2])
+    assert rows[-1]["kind"] == "quarantine" and "truncated" in rows[-1]["error"]
+    records = [r for r in rows if r["kind"] == "record"]
+    assert len(records) >= payload[:len(payload) // 2].count(b"\n") - 1
+    assert [r["line"] for r in records] == list(range(1, len(records) + 1))
+    assert rows[-1]["line"] == len(records) + 1
+
+    gz = gzip.compress(payload, mtime=0)
+    rows = _damaged(tmp_path, "cut.jsonl.gz", gz[: len(gz) // 2])
+    assert rows[-1]["kind"] == "quarantine" and "truncated" in rows[-1]["error"]
+    assert sum(r["kind"] == "record" for r in rows) >= 1
+
+    rows = _damaged(tmp_path, "bad.jsonl.gz", gz[:40] + bytes(b ^ 0x5A for b in gz[40:400]) + gz[400:])
+    assert rows[-1]["kind"] == "quarantine" and "corrupt" in rows[-1]["error"]
+
+    rows = _damaged(tmp_path, "bad.jsonl.zst", zst[:20] + bytes(b ^ 0x5A for b in zst[20:200]) + zst[200:])
+    assert rows[-1]["kind"] == "quarantine" and "corrupt" in rows[-1]["error"]
