@@ -3,7 +3,8 @@
 Layout under ``OUTPUT/_work``::
 
     stage1/<file_key>/part-*.parquet   every input row of that file, with its status
-    stage1/<file_key>/_SUCCESS         written last; a directory without it is ignored
+    stage1/<file_key>/_SUCCESS         written last; a directory without it (or whose first line is
+                                       not STAGE1_FORMAT) is ignored
     staging-<uuid>/                    a Ray Data write in progress (deleted on restart)
 
 A group of pending files is read, cleaned and written by one Ray Data job into
@@ -32,6 +33,10 @@ from data_pipeline.readers import InputFile, iter_records
 log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
+# First line of each _SUCCESS marker: the layout of the stage-1 rows. Bumped when a column that later
+# steps read is added (2: doc_id), so a resume redoes files committed by an older version instead of
+# failing in dedup on the missing column.
+STAGE1_FORMAT = "stage1-format 2"
 READ_COLUMNS = ("kind", "id", "text", "line", "source", "lang_hint", "file", "error", "raw")
 
 
@@ -40,7 +45,11 @@ def stage1_dir(work: Path, key: str) -> Path:
 
 
 def is_done(work: Path, key: str) -> bool:
-    return (stage1_dir(work, key) / SUCCESS).exists()
+    try:
+        with open(stage1_dir(work, key) / SUCCESS, encoding="utf-8") as fh:
+            return fh.readline().rstrip("\n") == STAGE1_FORMAT
+    except OSError:
+        return False
 
 
 def reader_rows(item: dict, read_cfg: Any) -> Iterator[dict]:
@@ -108,7 +117,7 @@ def run_group(files: list[InputFile], cfg: Any, work: Path) -> None:
             os.replace(produced, target)
         else:  # cannot happen for a readable path (every file yields at least one row); be explicit anyway
             target.mkdir(parents=True)
-        _atomic_touch(target / SUCCESS, f.path + "\n")
+        _atomic_touch(target / SUCCESS, f"{STAGE1_FORMAT}\n{f.path}\n")
     shutil.rmtree(staging, ignore_errors=True)
 
 

@@ -132,3 +132,15 @@ def test_a_truncated_or_corrupt_archive_is_reported_as_such(tmp_path):
 
     rows = _damaged(tmp_path, "bad.jsonl.zst", zst[:20] + bytes(b ^ 0x5A for b in zst[20:200]) + zst[200:])
     assert rows[-1]["kind"] == "quarantine" and "corrupt" in rows[-1]["error"]
+
+
+def test_stage1_results_of_an_older_format_are_redone_not_reused(tmp_path):
+    from data_pipeline.stage1 import SUCCESS, STAGE1_FORMAT, is_done, stage1_dir
+
+    work = tmp_path / "_work"
+    done = stage1_dir(work, "00000-a-00000000")
+    done.mkdir(parents=True)
+    (done / SUCCESS).write_text("/data/a.jsonl\n")  # a marker written before doc_id existed: no format line
+    assert not is_done(work, "00000-a-00000000")
+    (done / SUCCESS).write_text(f"{STAGE1_FORMAT}\n/data/a.jsonl\n")
+    assert is_done(work, "00000-a-00000000")
