@@ -173,6 +173,10 @@ def _stream_error(exc: BaseException) -> str:
     return f"unreadable stream ({what})"
 
 
+# A JSON line longer than this (``read.max_record_bytes`` overrides it) is quarantined without being
+# parsed or held whole: a runaway line (a file with no newlines, a base64 blob) must not exhaust a worker.
+MAX_RECORD_BYTES = 64 << 20
+
 # Errors that concern a whole file, or all of it from some line on, rather than one record: the report
 # lists these per file (``file_problems``) besides counting them with the other quarantine rows.
 FILE_PROBLEMS = ("unreadable file", "empty file", "truncated archive", "corrupt archive", "unreadable stream",
@@ -212,11 +216,18 @@ def iter_records(path: str, read_cfg: Any, default_source: str) -> Iterator[dict
 
 def _iter_jsonl(path: str, read_cfg: Any, default_source: str) -> Iterator[dict]:
     name = os.path.basename(path)
+    limit = int(read_cfg.get("max_record_bytes") or MAX_RECORD_BYTES)
     line_no = 0
     seen_any = False
     try:
         with _open_binary(path) as fh:
-            for line_no, raw in enumerate(fh, start=1):
+            while raw := fh.readline(limit + 1):
+                line_no += 1
+                if len(raw) > limit and not raw.endswith(b"\n"):  # longer than the limit: skip to its end
+                    seen_any = True
+                    yield _quarantine(path, line_no, f"record too large: over {limit} bytes "
+                                      f"({_skip_line(fh) + len(raw)} bytes; read.max_record_bytes)", raw)
+                    continue
                 if not raw.strip():
                     continue  # blank lines are layout, not records
                 seen_any = True
@@ -230,6 +241,16 @@ def _iter_jsonl(path: str, read_cfg: Any, default_source: str) -> Iterator[dict]
         return
     if not seen_any:
         yield _quarantine(path, 0, "empty file (no records after decompression)")
+
+
+def _skip_line(fh: Any) -> int:
+    """Read past the rest of an oversized line, a bounded piece at a time; return the bytes skipped."""
+    skipped = 0
+    while piece := fh.readline(1 << 20):
+        skipped += len(piece)
+        if piece.endswith(b"\n"):
+            break
+    return skipped
 
 
 def _parse_json_line(raw: bytes, path: str, name: str, line_no: int, read_cfg: Any, default_source: str) -> dict:

@@ -144,3 +144,15 @@ def test_stage1_results_of_an_older_format_are_redone_not_reused(tmp_path):
     assert not is_done(work, "00000-a-00000000")
     (done / SUCCESS).write_text(f"{STAGE1_FORMAT}\n/data/a.jsonl\n")
     assert is_done(work, "00000-a-00000000")
+
+
+def test_an_oversized_record_is_quarantined_without_being_held_in_memory(tmp_path):
+    short = {"id": "s", "text": "a few words " * 10}
+    huge = {"id": "h", "text": "word " * 5000}
+    path = tmp_path / "big.jsonl.gz"
+    path.write_bytes(gzip.compress(_jsonl([short, huge, short, huge]), mtime=0))
+    cfg = load_config(input="x", output="y", **{"read.max_record_bytes": 1000})
+    rows = list(iter_records(str(path), cfg.read, "s"))
+    assert [(r["kind"], r["line"]) for r in rows] == [("record", 1), ("quarantine", 2), ("record", 3),
+                                                     ("quarantine", 4)]
+    assert "record too large" in rows[1]["error"] and len(rows[1]["raw"]) <= 200
