@@ -45,7 +45,8 @@ def expand_inputs(spec: Any, extensions: list[str], skipped: list[dict] | None =
     of the order the shell or the filesystem lists files in. Every file found in
     a directory input is either returned or appended to ``skipped`` as
     ``{"path", "reason"}`` (the report lists them): a format the readers do not
-    know, or a subdirectory that cannot be listed, is never passed over in silence.
+    know, or a subdirectory that cannot be listed, is never passed over in silence;
+    nor is a pattern that matches nothing.
     Extensions match whatever their case (``F.JSONL`` is read).
     """
     skipped = [] if skipped is None else skipped
@@ -63,6 +64,8 @@ def expand_inputs(spec: Any, extensions: list[str], skipped: list[dict] | None =
         matches = glob.glob(os.path.expanduser(pattern), recursive=True)
         if not matches and os.path.exists(pattern):
             matches = [pattern]
+        if not matches:  # one entry of a list that matches nothing must not vanish unnoticed
+            skipped.append({"path": pattern, "reason": "no file matches this input pattern"})
         for match in matches:
             if os.path.isdir(match):
                 for root, _, names in os.walk(match, onerror=unlistable):

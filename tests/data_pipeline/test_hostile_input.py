@@ -156,3 +156,15 @@ def test_an_oversized_record_is_quarantined_without_being_held_in_memory(tmp_pat
     assert [(r["kind"], r["line"]) for r in rows] == [("record", 1), ("quarantine", 2), ("record", 3),
                                                      ("quarantine", 4)]
     assert "record too large" in rows[1]["error"] and len(rows[1]["raw"]) <= 200
+
+
+def test_an_input_pattern_that_matches_nothing_is_reported(tmp_path):
+    from data_pipeline.readers import expand_inputs
+
+    (tmp_path / "a.jsonl").write_bytes(_jsonl([{"id": "a", "text": "x"}]))
+    skipped = []
+    files = expand_inputs([str(tmp_path / "a.jsonl"), f"{tmp_path / 'gone.jsonl'},{tmp_path / 'nomatch-*.jsonl'}"],
+                          [".jsonl"], skipped)
+    assert [os.path.basename(f.path) for f in files] == ["a.jsonl"]
+    assert {os.path.basename(s["path"]): s["reason"] for s in skipped} == {
+        "gone.jsonl": "no file matches this input pattern", "nomatch-*.jsonl": "no file matches this input pattern"}
