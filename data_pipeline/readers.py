@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import os
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,6 +247,12 @@ def _iter_jsonl(path: str, read_cfg: Any, default_source: str) -> Iterator[dict]
         yield _quarantine(path, 0, "empty file (no records after decompression)")
 
 
+# A \uD800-\uDFFF escape: json.loads turns an unpaired one into a lone surrogate, a str that no UTF-8
+# writer (pyarrow included) accepts. Raw UTF-8 cannot hold one (strict decoding rejects it), so only
+# lines with such an escape need checking.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
 def _skip_line(fh: Any) -> int:
     """Read past the rest of an oversized line, a bounded piece at a time; return the bytes skipped."""
     skipped = 0
@@ -267,7 +274,14 @@ def _parse_json_line(raw: bytes, path: str, name: str, line_no: int, read_cfg: A
         return _quarantine(path, line_no, f"bad JSON: {exc}", raw)
     if not isinstance(obj, dict):
         return _quarantine(path, line_no, f"bad JSON: expected an object, got {type(obj).__name__}", raw)
-    return _record_from_mapping(obj, path, name, line_no, read_cfg, default_source, raw)
+    rec = _record_from_mapping(obj, path, name, line_no, read_cfg, default_source, raw)
+    if rec["kind"] == "record" and _SURROGATE_ESCAPE.search(raw):  # rare: only then pay for the check
+        for field in ("text", "id", "source", "lang_hint"):
+            try:
+                rec[field].encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return _quarantine(path, line_no, f"undecodable text: lone surrogate escape in '{field}' ({exc})", raw)
+    return rec
 
 
 def _record_from_mapping(obj: dict, path: str, name: str, line_no: int, read_cfg: Any,

@@ -168,3 +168,23 @@ def test_an_input_pattern_that_matches_nothing_is_reported(tmp_path):
     assert [os.path.basename(f.path) for f in files] == ["a.jsonl"]
     assert {os.path.basename(s["path"]): s["reason"] for s in skipped} == {
         "gone.jsonl": "no file matches this input pattern", "nomatch-*.jsonl": "no file matches this input pattern"}
+
+
+def test_a_lone_surrogate_escape_is_quarantined_not_a_crash(tmp_path):
+    from data_pipeline.clean import clean_records
+    from data_pipeline.config import plain
+    from data_pipeline.stage1 import reader_rows
+
+    t1, t2 = _texts(2)
+    path = tmp_path / "surrogates.jsonl"
+    # json.loads turns "\ud800" into a lone surrogate, which no UTF-8 writer (pyarrow included) accepts:
+    # before, the whole stage-1 task, and so the run, failed on it. A proper pair (an emoji) is fine.
+    path.write_text(json.dumps({"id": "t", "text": t1 + "\ud800"}) + "\n"
+                    + json.dumps({"id": "\udc00", "text": t1}) + "\n"
+                    + json.dumps({"id": "e", "text": t2 + " \U0001F600"}) + "\n", encoding="utf-8")
+    cfg = plain(load_config(input="x", output="y"))
+    rows = list(reader_rows({"path": str(path), "key": "k", "source": "s"}, cfg.read))
+    assert [(r["kind"], r["line"]) for r in rows] == [("quarantine", 1), ("quarantine", 2), ("record", 3)]
+    assert "surrogate" in rows[0]["error"]
+    table = clean_records(rows, cfg)
+    assert table.column("status").to_pylist() == ["quarantined", "quarantined", "kept"]
