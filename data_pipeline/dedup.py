@@ -271,7 +271,7 @@ def reduce_input_ids(*parts: np.ndarray) -> tuple[int, int, list[str]]:
 
     counts = Counter(x for p in parts for x in p.tolist())
     repeated = sorted(i for i, n in counts.items() if n > 1)
-    return len(repeated), sum(counts[i] for i in repeated), repeated[:MAX_ID_EXAMPLES]
+    return len(repeated), sum(counts[i] for i in repeated), [i[:200] for i in repeated[:MAX_ID_EXAMPLES]]
 
 
 def count_input_ids(part_files: list[str], cfg: Any) -> dict:
