@@ -76,6 +76,9 @@ def compose_stage_config(stage: Stage, stage_args: Sequence[str]) -> DictConfig 
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    if config_name == "pretrain":
+        import pretrain.config.schema  # noqa: F401  registers pretrain_schema (configs/pretrain.yaml's defaults)
+
     overrides = [a for a in stage_args if not a.startswith("hydra")]
     saved = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
     try:

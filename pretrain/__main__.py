@@ -14,14 +14,16 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
+from pretrain.config.schema import typed  # also registers pretrain_schema (configs/pretrain.yaml's defaults)
 from pretrain.config.validate import ConfigError, validate
 
 
 def world_size_of(cfg: DictConfig) -> int:
     p = cfg.parallel
-    return int(p.tensor_model_parallel_size) * int(p.pipeline_model_parallel_size) * int(p.data_parallel_size)
+    return p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.data_parallel_size
 
 
 def relaunch_locally(world_size: int, overrides: list[str]) -> int:
@@ -57,8 +59,11 @@ def print_summary(summary: dict) -> None:
 @hydra.main(config_path="../configs", config_name="pretrain", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
+        # configs/pretrain.yaml is typed already; a stage.yaml written by pretrain.growth
+        # (--config-name stage) is plain YAML: both end up on the schema here.
+        cfg = typed(cfg)
         preflight(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, ValueError, OmegaConfBaseException) as err:
         sys.exit(f"pretrain: {err}")
     world_size = world_size_of(cfg)
     if "WORLD_SIZE" not in os.environ and world_size > 1:
@@ -71,7 +76,7 @@ def main(cfg: DictConfig) -> None:
     if summary is not None:
         print_summary(summary)
     shutdown()
-    if cfg.get("backend", "megatron") == "deepspeed":
+    if cfg.backend == "deepspeed":
         # DeepSpeed workers may abort at interpreter exit ("terminate called without an
         # active exception"): the process group is gone, leave without the teardown.
         sys.stdout.flush()

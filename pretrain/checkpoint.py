@@ -52,7 +52,7 @@ def optimizer_metadata(cfg: DictConfig) -> dict[str, str]:
     """``checkpoint.optimizer_sharding``: fully_reshardable (TP/PP/DP may change on resume;
     gathers each model-parallel shard's optimizer state on its DP rank 0 while saving) or
     dp_reshardable (fully parallel write, only DP may change)."""
-    kind = OmegaConf.select(cfg, "checkpoint.optimizer_sharding", default="fully_reshardable")
+    kind = cfg.checkpoint.optimizer_sharding
     if kind not in OPTIMIZER_SHARDING:
         raise ValueError(f"checkpoint.optimizer_sharding={kind!r}: use one of {OPTIMIZER_SHARDING}")
     return {"distrib_optim_sharding_type": kind}
@@ -103,8 +103,8 @@ class TrainProgress:
 
 def current_layout(cfg: DictConfig) -> dict[str, int]:
     p = cfg.parallel
-    return {"tp": int(p.tensor_model_parallel_size), "pp": int(p.pipeline_model_parallel_size),
-            "dp": int(p.data_parallel_size), "vpp": int(p.virtual_pipeline_model_parallel_size or 0)}
+    return {"tp": p.tensor_model_parallel_size, "pp": p.pipeline_model_parallel_size,
+            "dp": p.data_parallel_size, "vpp": p.virtual_pipeline_model_parallel_size or 0}
 
 
 def _rng_state() -> dict[str, Any]:

@@ -97,16 +97,16 @@ def build_datasets(cfg: DictConfig, manifest: dict[str, Any], cache_dir: Path) -
 
     tokenizer = load_tokenizer(manifest)
     train = cfg.train
-    weights = OmegaConf.to_container(cfg.data.weights) if cfg.data.get("weights") else None
+    weights = OmegaConf.to_container(cfg.data.weights) if cfg.data.weights else None
     valid = heldout_blend(manifest) if train.eval_interval and train.eval_iters else None
     num_evals = train.train_iters // train.eval_interval + 1 if valid else 0
     # data.train_samples (optional): one stream size for runs split into several trainer
     # invocations (growth stages): megatron's sample order depends on the requested size.
-    train_samples = OmegaConf.select(cfg, "data.train_samples") or train.train_iters * train.global_batch_size
-    sizes = [int(train_samples), num_evals and train.eval_iters * train.global_batch_size, 0]
+    train_samples = cfg.data.train_samples or train.train_iters * train.global_batch_size
+    sizes = [train_samples, num_evals and train.eval_iters * train.global_batch_size, 0]
     dataset_config = GPTDatasetConfig(
-        random_seed=int(train.seed),
-        sequence_length=int(cfg.model.seq_length),
+        random_seed=train.seed,
+        sequence_length=cfg.model.seq_length,
         blend_per_split=[train_blend(manifest, weights), valid, None],
         path_to_cache=str(cache_dir),
         tokenizer=tokenizer,

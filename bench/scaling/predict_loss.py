@@ -87,6 +87,8 @@ def ensure_data(args: argparse.Namespace) -> Path:
 def base_config(args: argparse.Namespace, vocab_size: int):
     from hydra import compose, initialize_config_dir
 
+    import pretrain.config.schema  # noqa: F401  registers pretrain_schema
+
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base=None):
         cfg = compose("pretrain", overrides=["model=tiny"])
     OmegaConf.set_struct(cfg, False)

@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pretrain.config.schema import typed
+
 RUN_CONFIG = "run_config.yaml"
 LATEST = "latest"
 
@@ -25,11 +27,9 @@ def padded_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: 
 def resolved_vocab_size(model_cfg: DictConfig, tensor_parallel_size: int) -> int:
     """``model.padded_vocab_size`` when set (a resumed run keeps its checkpoint's
     padding so it can reshard), else vocab rounded up to divisible_by × TP."""
-    fixed = OmegaConf.select(model_cfg, "padded_vocab_size")
-    if fixed:
-        return int(fixed)
-    divisor = OmegaConf.select(model_cfg, "make_vocab_size_divisible_by") or 128
-    return padded_vocab_size(int(model_cfg.vocab_size), int(divisor), tensor_parallel_size)
+    if model_cfg.padded_vocab_size:
+        return model_cfg.padded_vocab_size
+    return padded_vocab_size(model_cfg.vocab_size, model_cfg.make_vocab_size_divisible_by, tensor_parallel_size)
 
 
 def checkpoints_root(run_dir: str | Path) -> Path:
@@ -73,12 +73,13 @@ def resolve_config(cfg: DictConfig, manifest: dict[str, Any], load_dir: Path | N
     * ``model.padded_vocab_size`` is the checkpoint's when resuming (so a run
       can reshard to a TP that divides it), else vocab padded for this TP.
     """
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    cfg = typed(cfg)  # a resolved, typed copy (interpolations gone)
     cfg.model.vocab_size = int(manifest["vocab_size"])
-    tp = int(cfg.parallel.tensor_model_parallel_size)
-    if OmegaConf.select(cfg, "model.padded_vocab_size") is None:
+    tp = cfg.parallel.tensor_model_parallel_size
+    if cfg.model.padded_vocab_size is None:
         padded = None
         if load_dir is not None and (load_dir / RUN_CONFIG).is_file():
+            # a saved run_config.yaml is untyped (and may predate the key)
             padded = OmegaConf.select(saved_run_config(load_dir), "model.padded_vocab_size")
         cfg.model.padded_vocab_size = int(padded) if padded else resolved_vocab_size(cfg.model, tp)
     return cfg

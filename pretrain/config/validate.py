@@ -7,9 +7,8 @@ rules are reported together, so a 896-GPU job fails once, not once per typo.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 LR_DECAY_STYLES = ("cosine", "wsd", "constant")
 RECOMPUTE = ("none", "selective", "full")
@@ -25,46 +24,40 @@ class ConfigError(ValueError):
         super().__init__("invalid pretraining config:\n  - " + "\n  - ".join(errors))
 
 
-def _sel(cfg: DictConfig, key: str, default: Any = None) -> Any:
-    value = OmegaConf.select(cfg, key, default=default)
-    return default if value is None else value
-
-
 def parallel_errors(cfg: DictConfig, world_size: int | None) -> list[str]:
     errors = []
     m, p = cfg.model, cfg.parallel
-    tp, pp, dp = (int(p.tensor_model_parallel_size), int(p.pipeline_model_parallel_size),
-                  int(p.data_parallel_size))
-    vpp = _sel(p, "virtual_pipeline_model_parallel_size")
+    tp, pp, dp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.data_parallel_size
+    vpp = p.virtual_pipeline_model_parallel_size
     for key, value in (("tensor_model_parallel_size", tp), ("pipeline_model_parallel_size", pp),
                        ("data_parallel_size", dp)):
         if value < 1:
             errors.append(f"parallel.{key}={value} must be >= 1")
     if errors:
         return errors
-    heads, groups = int(m.num_attention_heads), int(_sel(m, "num_query_groups", m.num_attention_heads))
+    heads, groups = m.num_attention_heads, m.num_query_groups or m.num_attention_heads
     if heads % tp:
         errors.append(f"model.num_attention_heads={heads} is not divisible by "
                       f"parallel.tensor_model_parallel_size={tp}: pick a TP that divides the head count")
     if groups % tp:
         errors.append(f"model.num_query_groups={groups} is not divisible by "
                       f"parallel.tensor_model_parallel_size={tp}: pick a TP that divides the KV group count")
-    if int(m.ffn_hidden_size) % tp:
+    if m.ffn_hidden_size % tp:
         errors.append(f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by "
                       f"parallel.tensor_model_parallel_size={tp}")
-    stages = pp * (int(vpp) if vpp else 1)
+    stages = pp * (vpp or 1)
     if vpp and pp < 2:
         errors.append(f"parallel.virtual_pipeline_model_parallel_size={vpp} needs "
                       f"parallel.pipeline_model_parallel_size >= 2 (got {pp}): set it to null")
-    if int(m.num_layers) % stages:
+    if m.num_layers % stages:
         errors.append(f"model.num_layers={m.num_layers} is not divisible by pipeline stages "
                       f"(parallel.pipeline_model_parallel_size={pp} x "
                       f"parallel.virtual_pipeline_model_parallel_size={vpp or 1} = {stages}): "
                       "change PP/VPP or the layer count")
-    if _sel(p, "sequence_parallel", False) and tp == 1:
+    if p.sequence_parallel and tp == 1:
         errors.append("parallel.sequence_parallel=true needs parallel.tensor_model_parallel_size > 1: "
                       "set parallel.sequence_parallel=false")
-    if _sel(p, "sequence_parallel", False) and int(m.seq_length) % tp:
+    if p.sequence_parallel and m.seq_length % tp:
         errors.append(f"model.seq_length={m.seq_length} must be divisible by "
                       f"parallel.tensor_model_parallel_size={tp} with sequence parallelism")
     if world_size is not None and world_size != tp * pp * dp:
@@ -77,7 +70,7 @@ def parallel_errors(cfg: DictConfig, world_size: int | None) -> list[str]:
 def batch_errors(cfg: DictConfig) -> list[str]:
     errors = []
     t, p = cfg.train, cfg.parallel
-    mbs, gbs, dp = int(t.micro_batch_size), int(t.global_batch_size), int(p.data_parallel_size)
+    mbs, gbs, dp = t.micro_batch_size, t.global_batch_size, p.data_parallel_size
     if mbs < 1 or gbs < 1:
         return [f"train.micro_batch_size={mbs} and train.global_batch_size={gbs} must be >= 1"]
     if gbs % (mbs * max(dp, 1)):
@@ -85,24 +78,24 @@ def batch_errors(cfg: DictConfig) -> list[str]:
                       f"parallel.data_parallel_size={dp} = {mbs * dp}: use a multiple of {mbs * dp}")
     else:
         num_micro = gbs // (mbs * max(dp, 1))
-        pp, vpp = int(p.pipeline_model_parallel_size), _sel(p, "virtual_pipeline_model_parallel_size")
+        pp, vpp = p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size
         if vpp and num_micro % pp:
             errors.append(f"interleaved pipeline: microbatches per step ({num_micro} = global / (micro x DP)) "
                           f"must be a multiple of parallel.pipeline_model_parallel_size={pp}: "
                           "raise train.global_batch_size")
-    if int(t.train_iters) < 1:
+    if t.train_iters < 1:
         errors.append(f"train.train_iters={t.train_iters} must be >= 1")
-    if int(t.lr_warmup_iters) > int(t.train_iters):
+    if t.lr_warmup_iters > t.train_iters:
         errors.append(f"train.lr_warmup_iters={t.lr_warmup_iters} exceeds train.train_iters={t.train_iters}")
-    if float(t.min_lr) > float(t.lr):
+    if t.min_lr > t.lr:
         errors.append(f"train.min_lr={t.min_lr} exceeds train.lr={t.lr}")
     if t.lr_decay_style not in LR_DECAY_STYLES:
         errors.append(f"train.lr_decay_style={t.lr_decay_style!r}: use one of {LR_DECAY_STYLES}")
-    if t.lr_decay_style == "wsd" and not 0.0 < float(t.wsd_decay_fraction) <= 1.0:
+    if t.lr_decay_style == "wsd" and not 0.0 < t.wsd_decay_fraction <= 1.0:
         errors.append(f"train.wsd_decay_fraction={t.wsd_decay_fraction} must be in (0, 1]")
     if t.recompute not in RECOMPUTE:
         errors.append(f"train.recompute={t.recompute!r}: use one of {RECOMPUTE}")
-    if t.eval_interval and int(t.eval_iters) < 1:
+    if t.eval_interval and t.eval_iters < 1:
         errors.append("train.eval_iters must be >= 1 when train.eval_interval is set (or set eval_interval=0)")
     return errors
 
@@ -110,27 +103,27 @@ def batch_errors(cfg: DictConfig) -> list[str]:
 def vocab_errors(cfg: DictConfig, manifest: dict | None) -> list[str]:
     errors = []
     m = cfg.model
-    tp = int(cfg.parallel.tensor_model_parallel_size)
-    vocab = int(manifest["vocab_size"]) if manifest else int(m.vocab_size)
-    divisor = int(_sel(m, "make_vocab_size_divisible_by", 128))
+    tp = cfg.parallel.tensor_model_parallel_size
+    vocab = int(manifest["vocab_size"]) if manifest else m.vocab_size
+    divisor = m.make_vocab_size_divisible_by
     if divisor < 1:
         errors.append(f"model.make_vocab_size_divisible_by={divisor} must be >= 1")
-    padded = _sel(m, "padded_vocab_size")
+    padded = m.padded_vocab_size
     if padded is not None:
-        if int(padded) < vocab:
+        if padded < vocab:
             errors.append(f"model.padded_vocab_size={padded} is smaller than the vocabulary ({vocab}): "
                           "raise it or set it to null")
-        if int(padded) % tp:
+        if padded % tp:
             errors.append(f"model.padded_vocab_size={padded} is not divisible by "
                           f"parallel.tensor_model_parallel_size={tp}: set it to null to re-pad")
-    if manifest and int(m.vocab_size) != vocab:
+    if manifest and m.vocab_size != vocab:
         errors.append(f"model.vocab_size={m.vocab_size} disagrees with the tokenizer manifest ({vocab}): "
                       "leave model.vocab_size to the manifest")
     return errors
 
 
 def data_errors(cfg: DictConfig, manifest: dict | None) -> list[str]:
-    data_path = _sel(cfg, "data.path")
+    data_path = cfg.data.path
     if not data_path:
         return ["data.path is not set: point it at the tokenizer output's 'indexed' directory"]
     if not Path(data_path).is_dir():
@@ -147,7 +140,7 @@ def data_errors(cfg: DictConfig, manifest: dict | None) -> list[str]:
         for suffix in (".bin", ".idx"):
             if not Path(entry["prefix"] + suffix).is_file():
                 errors.append(f"data.path: source '{source}' is missing {entry['prefix']}{suffix}")
-    weights = _sel(cfg, "data.weights")
+    weights = cfg.data.weights
     if weights:
         unknown = set(weights) - set(manifest.get("train") or {})
         if unknown:
@@ -158,16 +151,16 @@ def data_errors(cfg: DictConfig, manifest: dict | None) -> list[str]:
 
 def misc_errors(cfg: DictConfig) -> list[str]:
     errors = []
-    if _sel(cfg, "backend", "megatron") not in BACKENDS:
+    if cfg.backend not in BACKENDS:
         errors.append(f"backend={cfg.backend!r}: use one of {BACKENDS}")
-    if _sel(cfg, "backend", "megatron") == "deepspeed":
+    if cfg.backend == "deepspeed":
         errors += deepspeed_errors(cfg)
-    mode = _sel(cfg, "logging.wandb.mode", "offline")
+    mode = cfg.logging.wandb.mode
     if mode not in WANDB_MODES:
         errors.append(f"logging.wandb.mode={mode!r}: use one of {WANDB_MODES}")
-    if int(_sel(cfg, "model.seq_length", 0)) < 1:
+    if cfg.model.seq_length < 1:
         errors.append("model.seq_length must be >= 1")
-    if int(_sel(cfg, "checkpoint.keep_last", 1)) < 1:
+    if cfg.checkpoint.keep_last < 1:
         errors.append("checkpoint.keep_last must be >= 1 (the latest checkpoint is always kept)")
     return errors
 
@@ -175,23 +168,23 @@ def misc_errors(cfg: DictConfig) -> list[str]:
 def deepspeed_errors(cfg: DictConfig) -> list[str]:
     """backend=deepspeed (pretrain/train/deepspeed_step.py): ZeRO over a TP x DP grid, no pipeline."""
     errors = []
-    pp = int(_sel(cfg, "parallel.pipeline_model_parallel_size", 1))
+    pp = cfg.parallel.pipeline_model_parallel_size
     if pp != 1:
         errors.append(f"parallel.pipeline_model_parallel_size={pp}: backend=deepspeed runs PP=1 only "
                       "(TP x DP with ZeRO); set it to 1 or use backend=megatron for pipelining")
-    if _sel(cfg, "parallel.virtual_pipeline_model_parallel_size"):
+    if cfg.parallel.virtual_pipeline_model_parallel_size:
         errors.append("parallel.virtual_pipeline_model_parallel_size must be null with backend=deepspeed")
-    stage = _sel(cfg, "deepspeed.zero_stage", 1)
-    if str(stage) not in ("0", "1", "2", "3"):
+    stage = cfg.deepspeed.zero_stage
+    if stage not in (0, 1, 2, 3):
         errors.append(f"deepspeed.zero_stage={stage!r}: use 0, 1, 2 or 3")
-    offload = str(_sel(cfg, "deepspeed.offload_optimizer", "none"))
+    offload = cfg.deepspeed.offload_optimizer
     if offload not in ("none", "cpu"):
         errors.append(f"deepspeed.offload_optimizer={offload!r}: use none or cpu")
-    elif offload == "cpu" and str(stage) == "0":
+    elif offload == "cpu" and stage == 0:
         errors.append("deepspeed.offload_optimizer=cpu needs deepspeed.zero_stage >= 1")
-    if _sel(cfg, "growth") is not None:
+    if cfg.growth is not None:
         errors.append("growth stages (cfg.growth) run on backend=megatron only")
-    if float(_sel(cfg, "train.z_loss", 0.0)) > 0:
+    if cfg.train.z_loss > 0:
         errors.append("train.z_loss > 0 is applied by backend=megatron only: set train.z_loss=0")
     return errors
 

@@ -25,6 +25,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+import pretrain.config.schema  # noqa: F401  registers pretrain_schema before composing "pretrain"
 from pretrain.growth.schedule import Stage, base_overrides, parse_stages, schedule_overrides, stage_iters
 from pretrain.growth.spec import GrowthConfigError
 
@@ -63,7 +64,7 @@ def stage_configs(runner: DictConfig) -> list[tuple[Stage, DictConfig]]:
     run_dir = Path(runner.run_dir)
     shaped = [(s, _compose(CONFIGS, "pretrain", base_overrides(s, common))) for s in stages]
     iters = [stage_iters(s, cfg) for s, cfg in shaped]
-    total_samples = sum(n * int(cfg.train.global_batch_size) for n, (_, cfg) in zip(iters, shaped))
+    total_samples = sum(n * cfg.train.global_batch_size for n, (_, cfg) in zip(iters, shaped))
     out, start = [], 0
     for (stage, _), n in zip(shaped, iters):
         extra = schedule_overrides(stage, start, n, total_samples, run_dir)
@@ -75,7 +76,7 @@ def stage_configs(runner: DictConfig) -> list[tuple[Stage, DictConfig]]:
 
 def world_size(cfg: DictConfig) -> int:
     p = cfg.parallel
-    return int(p.tensor_model_parallel_size) * int(p.pipeline_model_parallel_size) * int(p.data_parallel_size)
+    return p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.data_parallel_size
 
 
 def write_stage_config(cfg: DictConfig, stage_dir: Path) -> Path:
@@ -166,7 +167,7 @@ def run(argv: list[str]) -> list[Path]:
             cfg.growth = grown_block(stage_dir)
         write_stage_config(cfg, stage_dir)
         done = latest_iteration(stage_dir)
-        if done is None or done < int(cfg.train.train_iters):
+        if done is None or done < cfg.train.train_iters:
             print(f"[growth] stage {stage.index} ({stage.name}): iterations "
                   f"{done or 0} -> {cfg.train.train_iters}", flush=True)
             run_trainer(stage_dir, cfg)

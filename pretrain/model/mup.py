@@ -54,17 +54,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from pretrain.config.schema import typed_model, typed_train
 
 ParamKind = Literal["matrix", "block_output", "embedding", "readout", "vector"]
 LrClass = Literal["vector_like", "matrix_like"]
 
 MATRIX_LIKE_KINDS: frozenset[str] = frozenset({"matrix", "block_output"})
-
-
-def _select(cfg: DictConfig, key: str, default: Any = None) -> Any:
-    value = OmegaConf.select(cfg, key, default=default)
-    return default if value is None else value
 
 
 # ----------------------------------------------------------------------------
@@ -81,22 +78,25 @@ class BaseShapes:
 
 
 def mup_enabled(model_cfg: DictConfig) -> bool:
-    return bool(_select(model_cfg, "mup.enabled", False))
+    return typed_model(model_cfg).mup.enabled
 
 
 def base_shapes(model_cfg: DictConfig) -> BaseShapes:
     """Base shapes from ``model.mup.base_*``; missing keys fall back to this model's own
     dimension (a model that *is* its base), which is what microsoft/mup does too."""
+    m = typed_model(model_cfg)
+
     def positive(key: str, own: int) -> int:
-        value = int(_select(model_cfg, f"mup.{key}", own))
+        value = m.mup[key]
+        value = own if value is None else value
         if value <= 0:
             raise ValueError(f"model.mup.{key} must be positive, got {value}")
         return value
 
     return BaseShapes(
-        hidden_size=positive("base_hidden_size", int(model_cfg.hidden_size)),
-        ffn_hidden_size=positive("base_ffn_hidden_size", int(model_cfg.ffn_hidden_size)),
-        num_attention_heads=positive("base_num_attention_heads", int(model_cfg.num_attention_heads)),
+        hidden_size=positive("base_hidden_size", m.hidden_size),
+        ffn_hidden_size=positive("base_ffn_hidden_size", m.ffn_hidden_size),
+        num_attention_heads=positive("base_num_attention_heads", m.num_attention_heads),
     )
 
 
@@ -127,15 +127,16 @@ def lr_class(kind: ParamKind) -> LrClass:
 
 def fan_in_mult(model_cfg: DictConfig, name: str) -> float:
     """Fan-in width multiplier of a hidden matrix (1.0 for vector-like weights or μP off)."""
+    model_cfg = typed_model(model_cfg)
     if not mup_enabled(model_cfg) or param_kind(name) not in MATRIX_LIKE_KINDS:
         return 1.0
     base = base_shapes(model_cfg)
     name = canonical_name(name)
     if "linear_fc2" in name:
-        return int(model_cfg.ffn_hidden_size) / base.ffn_hidden_size
+        return model_cfg.ffn_hidden_size / base.ffn_hidden_size
     if "linear_proj" in name:  # fan-in heads × kv_channels, head dim fixed
-        return int(model_cfg.num_attention_heads) / base.num_attention_heads
-    return int(model_cfg.hidden_size) / base.hidden_size
+        return model_cfg.num_attention_heads / base.num_attention_heads
+    return model_cfg.hidden_size / base.hidden_size
 
 
 # ----------------------------------------------------------------------------
@@ -148,8 +149,9 @@ def init_std(model_cfg: DictConfig, kind: ParamKind, name: str | None = None) ->
     ``name`` is needed for matrix-like weights under μP (their fan-in differs:
     fc2 reads the FFN width); without it the hidden-size multiplier is used.
     """
-    matrix_std = float(model_cfg.init_method_std)
-    vector_std = float(_select(model_cfg, "embedding_init_std", matrix_std))
+    model_cfg = typed_model(model_cfg)
+    matrix_std = model_cfg.init_method_std
+    vector_std = matrix_std if model_cfg.embedding_init_std is None else model_cfg.embedding_init_std
     if kind == "vector":
         return None
     if kind == "embedding":
@@ -163,8 +165,8 @@ def init_std(model_cfg: DictConfig, kind: ParamKind, name: str | None = None) ->
     else:
         mult = fan_in_mult(model_cfg, name)
     std = matrix_std / math.sqrt(mult)
-    if kind == "block_output" and bool(_select(model_cfg, "mup.depth_scaled_block_output", False)):
-        std /= math.sqrt(2.0 * int(model_cfg.num_layers))
+    if kind == "block_output" and model_cfg.mup.get("depth_scaled_block_output", False):  # not a schema field
+        std /= math.sqrt(2.0 * model_cfg.num_layers)
     return std
 
 
@@ -172,10 +174,11 @@ def initializer(model_cfg: DictConfig, kind: ParamKind, name: str | None = None
                 ) -> Callable[[torch.Tensor, torch.Generator], None]:
     """The init function for one parameter (normal, or ±2σ truncated normal when
     ``model.truncated_normal_init``); it is applied to the full, unsharded tensor."""
+    model_cfg = typed_model(model_cfg)
     std = init_std(model_cfg, kind, name)
     if std is None:
         return lambda tensor, generator: torch.nn.init.ones_(tensor)
-    truncated = bool(_select(model_cfg, "truncated_normal_init", False))
+    truncated = model_cfg.truncated_normal_init
 
     def init(tensor: torch.Tensor, generator: torch.Generator) -> None:
         if truncated:
@@ -188,7 +191,7 @@ def initializer(model_cfg: DictConfig, kind: ParamKind, name: str | None = None
 def width_mult_hidden(model_cfg: DictConfig) -> float:
     if not mup_enabled(model_cfg):
         return 1.0
-    return int(model_cfg.hidden_size) / base_shapes(model_cfg).hidden_size
+    return model_cfg.hidden_size / base_shapes(model_cfg).hidden_size
 
 
 # ----------------------------------------------------------------------------
@@ -205,13 +208,14 @@ class GroupLr:
 
 def base_lrs(train_cfg: DictConfig) -> tuple[float, float, float]:
     """(vector-like LR, matrix-like LR at base width, min/max ratio) from ``train.*``."""
-    lr = float(train_cfg.lr)
+    train_cfg = typed_train(train_cfg)
+    lr = train_cfg.lr
     if lr <= 0:
         raise ValueError(f"train.lr must be positive, got {lr}")
-    lr_matrix = float(_select(train_cfg, "lr_matrix", lr))
+    lr_matrix = lr if train_cfg.lr_matrix is None else train_cfg.lr_matrix
     if lr_matrix <= 0:
         raise ValueError(f"train.lr_matrix must be positive, got {lr_matrix}")
-    min_lr = float(_select(train_cfg, "min_lr", 0.0))
+    min_lr = train_cfg.min_lr
     if not 0.0 <= min_lr <= lr:
         raise ValueError(f"train.min_lr must be in [0, train.lr={lr}], got {min_lr}")
     return lr, lr_matrix, min_lr / lr
@@ -301,7 +305,7 @@ def _config_overrides(optimizer_config: Any, groups: dict[GroupLr, list]) -> dic
 
 
 def _scale_lr_cond_kwargs(cfg: DictConfig, groups: dict[GroupLr, list]) -> dict[str, Any]:
-    lr = float(cfg.train.lr)
+    lr = typed_train(cfg.train).lr
     scaled = [lrs for lrs in groups if not math.isclose(lrs.max_lr, lr, rel_tol=1e-12)]
     if len(scaled) > 1:
         raise ValueError(
@@ -342,7 +346,7 @@ def effective_hyperparameters(cfg: DictConfig) -> dict[str, dict[str, float | No
         table[label] = {"init_std": init_std(cfg.model, param_kind(name), name),
                         "max_lr": lrs.max_lr, "min_lr": lrs.min_lr,
                         "fan_in_mult": fan_in_mult(cfg.model, name)}
-    table["logits"] = {"multiplier": float(_select(cfg.model, "output_mult", 1.0)) / width_mult_hidden(cfg.model)}
+    table["logits"] = {"multiplier": typed_model(cfg.model).output_mult / width_mult_hidden(cfg.model)}
     return table
 
 

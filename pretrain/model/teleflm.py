@@ -22,7 +22,7 @@ from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from megatron.core import parallel_state, tensor_parallel
 
@@ -38,6 +38,7 @@ from megatron.core.transformer.transformer_block import (
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from pretrain.config.resolve import padded_vocab_size, resolved_vocab_size  # noqa: F401 (re-exported)
+from pretrain.config.schema import typed, typed_model
 
 try:  # TransformerEngine is only on GPU clusters.
     import transformer_engine  # noqa: F401
@@ -57,24 +58,17 @@ ParamKind = Literal["matrix", "block_output", "embedding", "readout", "vector"]
 # Config
 # ----------------------------------------------------------------------------
 
-def _get(cfg: DictConfig, key: str, default=None):
-    value = OmegaConf.select(cfg, key, default=default)
-    return default if value is None else value
-
-
 def width_mult(model_cfg: DictConfig) -> float:
     """μP width multiplier (hidden / base hidden); 1.0 when μP is off."""
-    if not _get(model_cfg, "mup.enabled", False):
+    m = typed_model(model_cfg)
+    if not m.mup.enabled:
         return 1.0
-    return model_cfg.hidden_size / _get(model_cfg, "mup.base_hidden_size", model_cfg.hidden_size)
+    return m.hidden_size / (m.mup.base_hidden_size or m.hidden_size)
 
 
 def logit_multiplier(model_cfg: DictConfig) -> float:
-    return float(_get(model_cfg, "output_mult", 1.0)) / width_mult(model_cfg)
-
-
-def _use_bf16(cfg: DictConfig) -> bool:
-    return bool(_get(cfg, "train.bf16", False))
+    m = typed_model(model_cfg)
+    return m.output_mult / width_mult(m)
 
 
 def _leave_uninitialised(tensor: torch.Tensor) -> torch.Tensor:
@@ -83,9 +77,10 @@ def _leave_uninitialised(tensor: torch.Tensor) -> torch.Tensor:
 
 def transformer_config_from(cfg: DictConfig) -> TransformerConfig:
     """Map ``cfg.model`` + ``cfg.parallel`` (+ ``cfg.train`` precision/recompute) to megatron."""
+    cfg = typed(cfg, strict=False)
     m, p = cfg.model, cfg.parallel
-    bf16 = _use_bf16(cfg)
-    recompute = _get(cfg, "train.recompute", "none")
+    bf16 = cfg.train.bf16
+    recompute = cfg.train.recompute
     recompute_kwargs: dict = {}
     if recompute == "selective":
         recompute_kwargs = dict(recompute_granularity="selective")
@@ -94,27 +89,27 @@ def transformer_config_from(cfg: DictConfig) -> TransformerConfig:
                                 recompute_num_layers=1)
     elif recompute != "none":
         raise ValueError(f"train.recompute must be none|selective|full, got {recompute!r}")
-    tp = int(p.tensor_model_parallel_size)
-    vpp = _get(p, "virtual_pipeline_model_parallel_size", None)
-    init_std = float(m.init_method_std)
+    tp = p.tensor_model_parallel_size
+    vpp = p.virtual_pipeline_model_parallel_size
+    init_std = m.init_method_std
     return TransformerConfig(
-        num_layers=int(m.num_layers),
-        hidden_size=int(m.hidden_size),
-        num_attention_heads=int(m.num_attention_heads),
-        num_query_groups=int(_get(m, "num_query_groups", m.num_attention_heads)),
-        kv_channels=int(_get(m, "kv_channels", m.hidden_size // m.num_attention_heads)),
-        ffn_hidden_size=int(m.ffn_hidden_size),
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups or m.num_attention_heads,
+        kv_channels=m.kv_channels or m.hidden_size // m.num_attention_heads,
+        ffn_hidden_size=m.ffn_hidden_size,
         tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=int(p.pipeline_model_parallel_size),
-        virtual_pipeline_model_parallel_size=int(vpp) if vpp else None,
-        sequence_parallel=bool(_get(p, "sequence_parallel", False)) and tp > 1,
+        pipeline_model_parallel_size=p.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=vpp or None,
+        sequence_parallel=p.sequence_parallel and tp > 1,
         # Interleaved 1F1B sends activations and gradients to the same peer in one
         # exchange; batched p2p can pair them wrongly (seen on gloo with PP2), so use
         # megatron's separate, overlapped p2p ops there (Megatron-LM's default too).
         overlap_p2p_comm=bool(vpp),
         batch_p2p_comm=not bool(vpp),
         normalization="RMSNorm",
-        layernorm_epsilon=float(_get(m, "norm_epsilon", 1e-5)),
+        layernorm_epsilon=m.norm_epsilon,
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,
@@ -139,7 +134,7 @@ def transformer_config_from(cfg: DictConfig) -> TransformerConfig:
         output_layer_init_method=_leave_uninitialised,
         embedding_init_method=_leave_uninitialised,
         init_method_std=init_std,
-        embedding_init_method_std=float(_get(m, "embedding_init_std", init_std)),
+        embedding_init_method_std=m.embedding_init_std if m.embedding_init_std is not None else init_std,
         **recompute_kwargs,
     )
 
@@ -339,35 +334,36 @@ def build_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = 
     Needs ``parallel_state`` initialised (TP/PP sizes come from it).  The
     vocabulary is padded to ``make_vocab_size_divisible_by × TP``.
     """
+    cfg = typed(cfg, strict=False)
     config = transformer_config_from(cfg)
     m = cfg.model
-    tp = int(cfg.parallel.tensor_model_parallel_size)
+    tp = cfg.parallel.tensor_model_parallel_size
     vocab = resolved_vocab_size(m, tp)
     model = GPTModel(
         config=config,
         # block_spec: model growth swaps in its masked layers; everything else stays the same
         transformer_layer_spec=(block_spec or decoder_block_spec)(config, vp_stage),
         vocab_size=vocab,
-        max_sequence_length=int(m.seq_length),
+        max_sequence_length=m.seq_length,
         pre_process=pre_process,
         post_process=post_process,
         parallel_output=True,
         share_embeddings_and_output_weights=False,
         position_embedding_type="rope",
-        rotary_base=int(_get(m, "rotary_base", 10000)),
+        rotary_base=m.rotary_base,
         vp_stage=vp_stage,
     )
-    initialize_parameters(model, m, seed=int(_get(cfg, "train.seed", 1234)))
-    input_mult = float(_get(m, "input_mult", 1.0))
+    initialize_parameters(model, m, seed=cfg.train.seed)
+    input_mult = m.input_mult
     if pre_process and input_mult != 1.0:
         model.embedding.register_forward_hook(_scale_output(input_mult))
-    shrink = float(_get(m, "embedding_grad_shrink", 1.0))  # 1.0: off (docs/spikes.md)
+    shrink = m.embedding_grad_shrink  # 1.0: off (docs/spikes.md)
     if pre_process and shrink != 1.0:
         model.embedding.register_forward_hook(_shrink_embedding_grad(shrink))
     output_mult = logit_multiplier(m)
     if post_process and output_mult != 1.0:
         model.output_layer.register_forward_hook(_scale_output(output_mult))
-    real_vocab = int(m.vocab_size)
+    real_vocab = m.vocab_size
     if post_process and real_vocab < vocab:
         shard = vocab // tp
         start = parallel_state.get_tensor_model_parallel_rank() * shard

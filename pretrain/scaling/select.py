@@ -113,6 +113,8 @@ def target_run_config(target_model: str) -> DictConfig:
     """The trainer's config with ``model=<target_model>`` (the transfer's destination)."""
     from hydra import compose, initialize_config_dir
 
+    import pretrain.config.schema  # noqa: F401  registers pretrain_schema
+
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return compose("pretrain", overrides=[f"model={target_model}"])
 

@@ -73,7 +73,7 @@ def build_single_process_model(cfg: DictConfig) -> torch.nn.Module:
     from pretrain.model.teleflm import build_model
     from pretrain.scaling.local_world import ensure_single_process_world
 
-    ensure_single_process_world(seed=int(cfg.train.seed))
+    ensure_single_process_world(seed=cfg.train.seed)
     return build_model(cfg, pre_process=True, post_process=True)
 
 
@@ -107,11 +107,10 @@ def train(cfg: DictConfig, model: torch.nn.Module, batches: Iterator[tuple[torch
     groups = mup.torch_param_groups(cfg, model)
     optimizer = torch.optim.AdamW(
         [{k: v for k, v in g.items() if k != "names"} for g in groups],
-        betas=(float(t.adam_beta1), float(t.adam_beta2)), eps=float(t.adam_eps),
-        weight_decay=float(t.weight_decay))
+        betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
     clip = float(t.clip_grad if clip_grad is None else clip_grad)
-    warmup = int(t.lr_warmup_iters)
-    decay_iters = int(t.get("lr_decay_iters") or steps)
+    warmup = t.lr_warmup_iters
+    decay_iters = t.lr_decay_iters or steps
     history = []
     model.train()
     for step in range(1, steps + 1):

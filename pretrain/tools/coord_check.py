@@ -32,6 +32,8 @@ def load_config(overrides: list[str], experiment: str = "mup_coord_check") -> Di
     """The trainer's ``pretrain`` config with an experiment overlay and CLI overrides."""
     from hydra import compose, initialize_config_dir
 
+    from pretrain.config.schema import allow_new_keys  # also registers pretrain_schema
+
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         try:
             cfg = compose("pretrain", overrides=[f"+experiment={experiment}", *overrides])
@@ -39,8 +41,9 @@ def load_config(overrides: list[str], experiment: str = "mup_coord_check") -> Di
             if "experiment" not in str(error):
                 raise
             cfg = compose("pretrain", overrides=[f"experiment={experiment}", *overrides])
-    # Per-width model configs are derived in code (widths, base shapes): allow new keys.
-    OmegaConf.set_struct(cfg, False)
+    # Per-width model configs are derived in code (widths, base shapes): allow new keys
+    # (e.g. model.mup.depth_scaled_block_output), on every nested typed node too.
+    allow_new_keys(cfg)
     return cfg
 
 
@@ -65,8 +68,7 @@ def run_one(cfg: DictConfig, width: int, parametrization: str, stream: np.ndarra
     model = build_single_process_model(run_cfg)
     probe = ActivationProbe()
     probe.attach(model)
-    batches = window_batches(stream, int(cfg.train.micro_batch_size), int(cfg.model.seq_length),
-                             seed=int(cfg.train.seed))
+    batches = window_batches(stream, cfg.train.micro_batch_size, cfg.model.seq_length, seed=cfg.train.seed)
     train(run_cfg, model, batches, steps=int(check.steps), probe=probe)
     probe.detach()
     return probe.records
@@ -80,13 +82,13 @@ def coordinate_data(cfg: DictConfig) -> dict[str, Any]:
     for w in widths:
         if w % int(check.head_dim):
             raise ValueError(f"coord_check.widths: {w} is not a multiple of coord_check.head_dim={check.head_dim}")
-    data_path = OmegaConf.select(cfg, "data.path")
-    needed = 64 * int(cfg.train.micro_batch_size) * int(cfg.model.seq_length)
+    data_path = cfg.data.path
+    needed = 64 * cfg.train.micro_batch_size * cfg.model.seq_length
     if data_path:
         stream = load_token_stream(data_path, "train", max_tokens=needed)
         cfg = OmegaConf.merge(cfg, {"model": {"vocab_size": vocab_size_of(data_path)}})
     else:
-        stream = random_stream(int(cfg.model.vocab_size), needed, seed=int(cfg.train.seed))
+        stream = random_stream(cfg.model.vocab_size, needed, seed=cfg.train.seed)
     results: dict[str, Any] = {"widths": widths, "steps": int(check.steps),
                                "tokens": "data" if data_path else "random", "records": {}, "slopes": {}}
     for parametrization in check.parametrizations:

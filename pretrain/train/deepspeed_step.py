@@ -40,11 +40,9 @@ LATEST = "latest"
 
 
 def ds_block(cfg: DictConfig) -> dict[str, Any]:
-    block = OmegaConf.select(cfg, "deepspeed") or {}
-    block = OmegaConf.to_container(block, resolve=True) if isinstance(block, DictConfig) else dict(block)
-    return {"zero_stage": int(block.get("zero_stage", 1)),
-            "offload_optimizer": str(block.get("offload_optimizer", "none") or "none"),
-            "torch_adam": block.get("torch_adam")}
+    block = cfg.deepspeed
+    return {"zero_stage": block.zero_stage, "offload_optimizer": block.offload_optimizer,
+            "torch_adam": block.torch_adam}
 
 
 def checkpoints_root(run_dir: str | Path) -> Path:
@@ -121,21 +119,21 @@ class MegatronMpu:
 def deepspeed_config(cfg: DictConfig, dp_size: int) -> dict[str, Any]:
     t = cfg.train
     block = ds_block(cfg)
-    mbs, gbs = int(t.micro_batch_size), int(t.global_batch_size)
+    mbs, gbs = t.micro_batch_size, t.global_batch_size
     on_gpu = torch.cuda.is_available()
-    torch_adam = (not on_gpu) if block["torch_adam"] is None else bool(block["torch_adam"])
+    torch_adam = (not on_gpu) if block["torch_adam"] is None else block["torch_adam"]
     config: dict[str, Any] = {
         "train_batch_size": gbs,
         "train_micro_batch_size_per_gpu": mbs,
         "gradient_accumulation_steps": gbs // (mbs * dp_size),
-        "gradient_clipping": float(t.clip_grad),
+        "gradient_clipping": t.clip_grad,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
         "optimizer": {"type": "AdamW", "params": {
-            "lr": float(t.lr), "betas": [float(t.adam_beta1), float(t.adam_beta2)],
-            "eps": float(t.adam_eps), "weight_decay": float(t.weight_decay), "torch_adam": torch_adam}},
+            "lr": t.lr, "betas": [t.adam_beta1, t.adam_beta2],
+            "eps": t.adam_eps, "weight_decay": t.weight_decay, "torch_adam": torch_adam}},
         "zero_optimization": {"stage": block["zero_stage"]},
-        "bf16": {"enabled": bool(t.bf16)},
+        "bf16": {"enabled": t.bf16},
         # Only DeepSpeed's CPU Adam is "allowed" with offload by default; torch AdamW works too.
         "zero_force_ds_cpu_optimizer": False,
         "zero_allow_untested_optimizer": True,
@@ -148,14 +146,13 @@ def deepspeed_config(cfg: DictConfig, dp_size: int) -> dict[str, Any]:
 def param_groups(cfg: DictConfig, model: torch.nn.Module) -> list[dict[str, Any]]:
     """μP groups (pretrain.model.mup) when μP or train.lr_matrix is on, else one group; each group
     carries max_lr/min_lr, which megatron's OptimizerParamScheduler reads per group."""
-    if (OmegaConf.select(cfg, "model.mup.enabled", default=False)
-            or OmegaConf.select(cfg, "train.lr_matrix") is not None):
+    if cfg.model.mup.enabled or cfg.train.lr_matrix is not None:
         from pretrain.model.mup import torch_param_groups
 
         groups = torch_param_groups(cfg, model)
         return [{k: v for k, v in g.items() if k != "names"} for g in groups]
     return [{"params": [p for p in model.parameters() if p.requires_grad],
-             "max_lr": float(cfg.train.lr), "min_lr": float(cfg.train.min_lr)}]
+             "max_lr": cfg.train.lr, "min_lr": cfg.train.min_lr}]
 
 
 class DeepSpeedStep:
@@ -176,7 +173,7 @@ class DeepSpeedStep:
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
         t = cfg.train
-        self.micro_batch_size, self.global_batch_size = int(t.micro_batch_size), int(t.global_batch_size)
+        self.micro_batch_size, self.global_batch_size = t.micro_batch_size, t.global_batch_size
         self.num_microbatches = self.global_batch_size // (self.micro_batch_size * self.dp_size)
         self.run_dir = Path(cfg.run_dir)
 

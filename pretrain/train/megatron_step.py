@@ -54,9 +54,9 @@ def build_model_chunks(cfg: DictConfig, check_for_nan_in_grad: bool) -> list[tor
         chunks = [Float16Module(config, chunk) for chunk in chunks]
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
-        overlap_grad_reduce=bool(cfg.train.overlap_grad_reduce),
-        overlap_param_gather=bool(cfg.train.overlap_param_gather) and bool(cfg.parallel.use_distributed_optimizer),
-        use_distributed_optimizer=bool(cfg.parallel.use_distributed_optimizer),
+        overlap_grad_reduce=cfg.train.overlap_grad_reduce,
+        overlap_param_gather=cfg.train.overlap_param_gather and cfg.parallel.use_distributed_optimizer,
+        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
         check_for_nan_in_grad=check_for_nan_in_grad,
     )
     wrapped = [DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk,
@@ -140,13 +140,13 @@ class MegatronStep:
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
         t = cfg.train
-        self.micro_batch_size = int(t.micro_batch_size)
-        self.global_batch_size = int(t.global_batch_size)
+        self.micro_batch_size = t.micro_batch_size
+        self.global_batch_size = t.global_batch_size
         self.num_microbatches = self.global_batch_size // (self.micro_batch_size * self.dp_size)
-        self.seq_length = int(cfg.model.seq_length)
+        self.seq_length = cfg.model.seq_length
         self._params_synced = ParamsSynced(
-            model, bool(cfg.train.overlap_param_gather and cfg.parallel.use_distributed_optimizer))
-        self.writer = ckpt.CheckpointWriter(cfg, cfg, async_save=bool(cfg.checkpoint.async_save))
+            model, cfg.train.overlap_param_gather and cfg.parallel.use_distributed_optimizer)
+        self.writer = ckpt.CheckpointWriter(cfg, cfg, async_save=cfg.checkpoint.async_save)
         self._grad_norm: tuple[float | None] | None = None
 
     def _iterators(self, dataset, consumed: int) -> list[Iterator]:
@@ -261,8 +261,8 @@ def build_megatron_step(cfg: DictConfig, manifest: dict, spike_recovery_on: bool
         run_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     unset_num_microbatches_calculator()
-    init_num_microbatches_calculator(rank, None, int(cfg.train.global_batch_size),
-                                     int(cfg.train.micro_batch_size), int(cfg.parallel.data_parallel_size))
+    init_num_microbatches_calculator(rank, None, cfg.train.global_batch_size,
+                                     cfg.train.micro_batch_size, cfg.parallel.data_parallel_size)
     # With spike recovery on, a NaN gradient is a handled event (skip/rollback), not a crash.
     model, optimizer, scheduler, layout = build_megatron_model(cfg, check_for_nan_in_grad=not spike_recovery_on)
     progress = TrainProgress()

@@ -66,7 +66,7 @@ class RunMonitor:
         if start_step > 0:
             truncate_metrics(self.run_dir, start_step)
         self._file = open(self.run_dir / METRICS, "a", buffering=1)
-        self.log_interval = int(cfg.train.log_interval)
+        self.log_interval = cfg.train.log_interval
         self.start_step = start_step
         self.wall_start = time.time()
         self._wandb = None

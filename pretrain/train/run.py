@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pretrain.cpu_shims import activate_cpu_shims
 from pretrain.data import read_manifest
@@ -37,7 +37,7 @@ def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: b
     t = cfg.train
     metrics = Metrics(cfg, flops_per_token(cfg), peak_tflops())
     spike_log = SpikeLog(cfg.run_dir, dist.get_rank(), metrics)
-    checkpointing = Checkpointing(int(cfg.checkpoint.save_interval or 0), metrics, resumed)
+    checkpointing = Checkpointing(cfg.checkpoint.save_interval, metrics, resumed)
     callbacks: list[Callback] = []
     if growth_block(cfg) is not None:
         callbacks.append(GrowthRamp(cfg))
@@ -45,14 +45,13 @@ def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: b
     if kind != "none":
         callbacks.append(FaultInjection(kind, step, spike_log))
     callbacks.append(SpikeRecovery(spike_config_from(cfg), cfg, spike_log, checkpointing))
-    if float(t.get("z_loss") or 0.0) > 0:
-        callbacks.append(ZLoss(float(t.z_loss)))
+    if t.z_loss > 0:
+        callbacks.append(ZLoss(t.z_loss))
     callbacks.append(metrics)
-    if has_valid and int(t.eval_interval or 0):
-        callbacks.append(ValidLoss(int(t.eval_interval), int(t.eval_iters), metrics))
-    heldout = HeldoutEvaluator(manifest, int(cfg.model.seq_length), int(t.micro_batch_size),
-                               t.get("heldout_max_documents"))
-    callbacks += [HeldoutBPB(heldout, int(t.get("bpb_interval") or 0), metrics),
+    if has_valid and t.eval_interval:
+        callbacks.append(ValidLoss(t.eval_interval, t.eval_iters, metrics))
+    heldout = HeldoutEvaluator(manifest, cfg.model.seq_length, t.micro_batch_size, t.heldout_max_documents)
+    callbacks += [HeldoutBPB(heldout, t.bpb_interval, metrics),
                   checkpointing, SaveAndRequeueOnSignal(checkpointing)]
     return callbacks, metrics
 
@@ -63,7 +62,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     # megatron logs every dataset index build at INFO; keep the console for the run itself.
     logging.getLogger("megatron").setLevel(logging.WARNING)
     manifest = read_manifest(cfg.data.path)
-    deepspeed = OmegaConf.select(cfg, "backend", default="megatron") == "deepspeed"
+    deepspeed = cfg.backend == "deepspeed"
     cfg = resolve_config(cfg, manifest, None if deepspeed else resolve_load_dir(cfg))
     validate(cfg, world_size_from_env(), manifest)
     spike_config = spike_config_from(cfg)
@@ -78,8 +77,8 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
 
         step, progress, resumed = build_megatron_step(cfg, manifest, spike_config.enabled)
     callbacks, metrics = build_callbacks(cfg, manifest, resumed, step.datasets.valid is not None)
-    trainer = Trainer(step, progress, callbacks, int(cfg.train.train_iters),
-                      int(cfg.train.global_batch_size), int(cfg.model.seq_length))
+    trainer = Trainer(step, progress, callbacks, cfg.train.train_iters, cfg.train.global_batch_size,
+                      cfg.model.seq_length)
     trainer.load_callback_state(progress.trainer_state)
     trainer.fit()
     dist.barrier()

@@ -45,11 +45,11 @@ def init_distributed(cfg: DictConfig) -> None:
                                 timeout=timedelta(minutes=30))
     p = cfg.parallel
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=int(p.tensor_model_parallel_size),
-        pipeline_model_parallel_size=int(p.pipeline_model_parallel_size),
+        tensor_model_parallel_size=p.tensor_model_parallel_size,
+        pipeline_model_parallel_size=p.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=p.virtual_pipeline_model_parallel_size or None,
     )
-    seed = int(cfg.train.seed)
+    seed = cfg.train.seed
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -68,8 +68,8 @@ def shutdown() -> None:
 def flops_per_token(cfg: DictConfig) -> float:
     from pretrain.tools.flops import model_flops_per_token
 
-    return model_flops_per_token(OmegaConf.to_container(cfg.model, resolve=True), int(cfg.model.seq_length),
-                                 padded_vocab=int(cfg.model.padded_vocab_size))
+    return model_flops_per_token(OmegaConf.to_container(cfg.model, resolve=True), cfg.model.seq_length,
+                                 padded_vocab=cfg.model.padded_vocab_size)
 
 
 def peak_tflops() -> float | None:

@@ -209,11 +209,10 @@ class SpikeStop(RuntimeError):
 
 
 def spike_config_from(cfg) -> SpikeConfig:
-    """``train.spikes`` (minus ``replay_skips``) -> SpikeConfig; missing block: defaults."""
+    """``train.spikes`` (minus ``replay_skips``) -> SpikeConfig."""
     from omegaconf import OmegaConf
 
-    block = OmegaConf.select(cfg, "train.spikes")
-    values = OmegaConf.to_container(block, resolve=True) if block is not None else {}
+    values = OmegaConf.to_container(cfg.train.spikes, resolve=True)
     values.pop("replay_skips", None)
     for key in ("policies", "act_on"):
         if key in values:

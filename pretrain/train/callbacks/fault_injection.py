@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pretrain.train.callback import Callback, StepOutcome, TrainerView
 from pretrain.train.callbacks.spike_log import SpikeLog
@@ -23,10 +23,10 @@ LR_SPIKE_FACTOR = 1000.0
 
 
 def fault_from(cfg: DictConfig) -> tuple[str, int]:
-    kind = str(OmegaConf.select(cfg, "train.fault.kind") or "none")
+    kind = cfg.train.fault.kind
     if kind not in FAULT_KINDS:
         raise ValueError(f"train.fault.kind: {kind!r} is not one of {FAULT_KINDS}")
-    return kind, int(OmegaConf.select(cfg, "train.fault.step") or 0)
+    return kind, cfg.train.fault.step
 
 
 def nan_losses(losses: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from pretrain.config.schema import typed
 from pretrain.train.spike_policy import (Action, RecoveryPlanner, Signal, SpikeConfig, SpikeDetector, SpikeStop, Verdict,
                              agree, load_skip_ranges)
 from pretrain.train.callback import Callback, Decision, StepOutcome, TrainerView
@@ -43,10 +44,10 @@ class SpikeRecovery(Callback):
     def __init__(self, config: SpikeConfig, cfg: DictConfig, log: SpikeLog, checkpointing: Checkpointing) -> None:
         self.config, self.log, self.checkpointing = config, log, checkpointing
         self.run_dir = Path(cfg.run_dir)
-        self.seq_length = int(cfg.model.seq_length)
+        self.seq_length = cfg.model.seq_length
         self.detector = SpikeDetector(config)
         self.planner = RecoveryPlanner(config)
-        self.replay = load_skip_ranges(OmegaConf.select(cfg, "train.spikes.replay_skips"))
+        self.replay = load_skip_ranges(typed(cfg, strict=False).train.spikes.replay_skips)
         self.skipped: list[list[int]] = []     # [start, end) sample ranges this run never trained on
         self.lr_scale_until = 0                # steps < this (1-based iteration) run at lr_factor
         self.recoveries = 0

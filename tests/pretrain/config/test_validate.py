@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+import pretrain.config.schema  # noqa: F401  registers pretrain_schema
 from pretrain.config.validate import ConfigError, config_errors, validate
 from tests.helpers.synthetic_data import make_indexed_dataset
 

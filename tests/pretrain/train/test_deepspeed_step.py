@@ -25,7 +25,7 @@ from tests.pretrain.train.trainer_worker import SMALL_MODEL
 pytestmark = pytest.mark.multiproc
 
 RUN = ["train.micro_batch_size=2", "train.global_batch_size=8", "train.train_iters=10",
-       "train.lr_warmup_iters=3", "train.lr_decay_iters=10", "+data.train_samples=80",
+       "train.lr_warmup_iters=3", "train.lr_decay_iters=10", "data.train_samples=80",
        "train.eval_interval=0", "train.log_interval=0", "checkpoint.save_interval=5",
        "checkpoint.async_save=false", "logging.wandb.mode=disabled", "logging.progress=false"]
 METRIC_KEYS = {"step", "loss", "grad_norm", "lr", "tokens_per_s", "consumed_samples", "tokens",

@@ -67,6 +67,8 @@ RESHARD_SOURCES = {"pp2_from_tp2_sp": "tp2_sp"}
 def compose(overrides: list[str]):
     from hydra import compose as hydra_compose, initialize_config_dir
 
+    import pretrain.config.schema  # noqa: F401  registers pretrain_schema
+
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         return hydra_compose("pretrain", overrides=overrides)
 
