@@ -184,8 +184,10 @@ def deepspeed_errors(cfg: DictConfig) -> list[str]:
         errors.append("deepspeed.offload_optimizer=cpu needs deepspeed.zero_stage >= 1")
     if cfg.growth is not None:
         errors.append("growth stages (cfg.growth) run on backend=megatron only")
-    if cfg.train.z_loss > 0:
-        errors.append("train.z_loss > 0 is applied by backend=megatron only: set train.z_loss=0")
+    if cfg.train.spikes.enabled and "grad_norm_spike" in cfg.train.spikes.act_on:
+        errors.append("train.spikes.act_on: grad_norm_spike cannot be acted on with backend=deepspeed "
+                      "(DeepSpeed computes the gradient norm inside its step, after the update); remove it "
+                      "(grad-norm spikes are still logged) or use backend=megatron")
     return errors
 
 

@@ -113,11 +113,24 @@ def test_validate_rejects_pipeline_parallel_for_deepspeed(work, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     cmd = [sys.executable, "-m", "pretrain", f"data.path={work / 'indexed'}", f"run_dir={tmp_path / 'r'}",
            *SMALL_MODEL, *RUN, "parallel=pp2", "backend=deepspeed", "deepspeed.zero_stage=4",
-           "deepspeed.offload_optimizer=nvme"]
+           "deepspeed.offload_optimizer=nvme", "train.spikes.act_on=[nonfinite,grad_norm_spike]"]
     out = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "parallel.pipeline_model_parallel_size=2" in out.stderr
     assert "deepspeed.zero_stage=4" in out.stderr and "deepspeed.offload_optimizer='nvme'" in out.stderr
+    assert "train.spikes.act_on: grad_norm_spike" in out.stderr   # the one loop feature DeepSpeed cannot run
+
+
+def test_z_loss_under_deepspeed(work, megatron_losses):
+    """The ZLoss callback on the engine's model: the reported loss stays the cross entropy
+    (step 1 equals megatron's), the trained loss includes the term (later steps move)."""
+    run_dir = work / "zero1_zloss"
+    launch(work, run_dir, "parallel=dp2", "backend=deepspeed", "deepspeed.zero_stage=1", "train.z_loss=1e-2")
+    got = losses(run_dir)
+    assert sorted(got) == list(range(1, 11))
+    assert abs(got[1] - megatron_losses[1]) < 1e-5
+    assert abs(got[10] - megatron_losses[10]) > 1e-5          # the term changed the updates
+    assert abs(got[10] - megatron_losses[10]) < 0.05
 
 
 # ----------------------------------------------------------------------------
@@ -139,7 +152,7 @@ def rows(run_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
 def test_lr_spike_is_rolled_back_under_deepspeed(work):
     run_dir = work / "ds_lr_spike"
     launch(work, run_dir, *DS_ZERO1, *SPIKES, "train.train_iters=30", "train.lr_decay_iters=30",
-           "++data.train_samples=240", "train.lr=3e-3", "train.min_lr=3e-4", "checkpoint.save_interval=4",
+           "data.train_samples=240", "train.lr=3e-3", "train.min_lr=3e-4", "checkpoint.save_interval=4",
            "checkpoint.keep_last=10", "train.fault.kind=lr_spike", "train.fault.step=15")
     events = rows(run_dir, "spikes.jsonl")
     assert [e["step"] for e in events if e["event"] == "fault"] == [15]
@@ -174,7 +187,7 @@ def test_nan_skip_heldout_bpb_and_sigusr1_requeue_under_deepspeed(work):
 
     run_dir = work / "ds_preempt"
     common = [f"data.path={work / 'indexed'}", f"run_dir={run_dir}", *SMALL_MODEL, *RUN, *DS_ZERO1,
-              "++data.train_samples=1600", "train.lr_decay_iters=200", "checkpoint.save_interval=1000",
+              "data.train_samples=1600", "train.lr_decay_iters=200", "checkpoint.save_interval=1000",
               "train.fault.kind=nan", "train.fault.step=3", "train.bpb_interval=4"]
     port = free_port()
     workers = [subprocess.Popen([sys.executable, "-m", "pretrain", *common, "train.train_iters=200"],
@@ -208,7 +221,7 @@ def test_nan_skip_heldout_bpb_and_sigusr1_requeue_under_deepspeed(work):
     assert all(row["bpb"] > 0 for row in heldout[0]["by_lang"].values())
 
     # The requeued job: the same command resumes from the saved step and finishes.
-    stdout = launch(work, run_dir, *DS_ZERO1, "++data.train_samples=1600", "train.lr_decay_iters=200",
+    stdout = launch(work, run_dir, *DS_ZERO1, "data.train_samples=1600", "train.lr_decay_iters=200",
                     "checkpoint.save_interval=1000", "train.fault.kind=nan", "train.fault.step=3",
                     f"train.train_iters={saved + 2}")
     # step 3's batch was skipped, so the data position is one global batch past the step count
