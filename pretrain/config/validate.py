@@ -85,10 +85,7 @@ def batch_errors(cfg: DictConfig) -> list[str]:
                           "raise train.global_batch_size")
     if t.train_iters < 1:
         errors.append(f"train.train_iters={t.train_iters} must be >= 1")
-    if t.lr_warmup_iters > t.train_iters:
-        errors.append(f"train.lr_warmup_iters={t.lr_warmup_iters} exceeds train.train_iters={t.train_iters}")
-    if t.min_lr > t.lr:
-        errors.append(f"train.min_lr={t.min_lr} exceeds train.lr={t.lr}")
+    errors += schedule_errors(cfg)
     if t.lr_decay_style not in LR_DECAY_STYLES:
         errors.append(f"train.lr_decay_style={t.lr_decay_style!r}: use one of {LR_DECAY_STYLES}")
     if t.lr_decay_style == "wsd" and not 0.0 < t.wsd_decay_fraction <= 1.0:
@@ -97,6 +94,44 @@ def batch_errors(cfg: DictConfig) -> list[str]:
         errors.append(f"train.recompute={t.recompute!r}: use one of {RECOMPUTE}")
     if t.eval_interval and t.eval_iters < 1:
         errors.append("train.eval_iters must be >= 1 when train.eval_interval is set (or set eval_interval=0)")
+    return errors
+
+
+def schedule_errors(cfg: DictConfig) -> list[str]:
+    """The LR schedule megatron's OptimizerParamScheduler (pretrain/train/optim.py::build_scheduler)
+    would otherwise reject with a bare AssertionError (or torch's AdamW with a ValueError naming no key)."""
+    errors = []
+    t = cfg.train
+    if t.lr <= 0:
+        errors.append(f"train.lr={t.lr} must be > 0")
+    if t.lr_matrix is not None and t.lr_matrix <= 0:
+        errors.append(f"train.lr_matrix={t.lr_matrix} must be > 0 (or null: train.lr)")
+    if t.min_lr < 0:
+        errors.append(f"train.min_lr={t.min_lr} must be >= 0")
+    if t.lr > 0 and t.min_lr >= 0 and t.min_lr > t.lr:
+        errors.append(f"train.min_lr={t.min_lr} exceeds train.lr={t.lr}")
+    if t.lr_warmup_iters < 0:
+        errors.append(f"train.lr_warmup_iters={t.lr_warmup_iters} must be >= 0")
+    if t.lr_decay_iters is not None and t.lr_decay_iters < 0:
+        errors.append(f"train.lr_decay_iters={t.lr_decay_iters} must be >= 1 (or null: train.train_iters)")
+    elif t.train_iters >= 1 and t.lr_warmup_iters >= 0:
+        # optim.py: decay over lr_decay_iters, or train_iters when it is null (or 0)
+        decay = (f"train.lr_decay_iters={t.lr_decay_iters}" if t.lr_decay_iters
+                 else f"train.train_iters={t.train_iters} (train.lr_decay_iters is null)")
+        if t.lr_warmup_iters >= (t.lr_decay_iters or t.train_iters):
+            errors.append(f"train.lr_warmup_iters={t.lr_warmup_iters} must be smaller than the decay length "
+                          f"{decay}: shorten the warm-up or lengthen the run")
+        elif t.lr_warmup_iters > t.train_iters:
+            errors.append(f"train.lr_warmup_iters={t.lr_warmup_iters} exceeds train.train_iters={t.train_iters}")
+    if t.weight_decay < 0:
+        errors.append(f"train.weight_decay={t.weight_decay} must be >= 0")
+    if t.clip_grad < 0:
+        errors.append(f"train.clip_grad={t.clip_grad} must be >= 0 (0: off)")
+    for key in ("adam_beta1", "adam_beta2"):
+        if not 0.0 <= t[key] < 1.0:
+            errors.append(f"train.{key}={t[key]} must be in [0, 1)")
+    if t.adam_eps < 0:
+        errors.append(f"train.adam_eps={t.adam_eps} must be >= 0")
     return errors
 
 
@@ -146,6 +181,54 @@ def data_errors(cfg: DictConfig, manifest: dict | None) -> list[str]:
         if unknown:
             errors.append(f"data.weights names unknown sources {sorted(unknown)}; "
                           f"the manifest has {sorted(manifest.get('train') or {})}")
+    return errors + seq_length_errors(cfg, manifest)
+
+
+def _tokens(entry: dict) -> int | None:
+    tokens = entry.get("tokens") if isinstance(entry, dict) else None
+    return int(tokens) if isinstance(tokens, (int, float)) else None
+
+
+def seq_length_errors(cfg: DictConfig, manifest: dict) -> list[str]:
+    """``model.seq_length`` against what the data can supply (the manifest's token counts).
+
+    A GPTDataset sample is ``seq_length + 1`` consecutive tokens of one source's document stream,
+    which wraps around (another epoch) when the source runs out. A source holding fewer tokens
+    than one sample therefore repeats its whole text *inside every sample* (and megatron builds
+    index arrays for the epochs it needs: a 4M-token sequence on a small corpus ran to 19.5 GB
+    RSS). Refused for every training source with a positive weight, and, when the held-out loss
+    is on (train.eval_interval > 0, which samples the held-out sources the same way), for every
+    held-out source: that loss would be measured on repeated text. Held-out BPB
+    (pretrain/eval/heldout.py) scores each document in its own windows, so short documents are
+    fine there. Manifests without token counts are not checked.
+    """
+    errors = []
+    seq = cfg.model.seq_length
+    if seq < 1:
+        return errors  # misc_errors reports it
+    need = seq + 1
+    overrides = dict(cfg.data.weights or {})
+    for source, entry in sorted((manifest.get("train") or {}).items()):
+        tokens = _tokens(entry)
+        weight = overrides.get(source, entry.get("weight", entry.get("tokens", 1)))
+        if tokens is None or float(weight) <= 0:
+            continue
+        if tokens < need:
+            errors.append(f"model.seq_length={seq}: training source '{source}' holds only {tokens} tokens, "
+                          f"less than one sample ({need}); every sample would repeat its whole text: lower "
+                          f"model.seq_length or set data.weights.{source}=0")
+    t = cfg.train
+    if t.eval_interval and t.eval_iters:
+        by_source = (manifest.get("heldout") or {}).get("by_source") or {}
+        for source, entry in sorted(by_source.items()):
+            tokens = _tokens(entry)
+            if tokens is None or tokens <= 0:
+                continue
+            if tokens < need:
+                errors.append(f"model.seq_length={seq}: held-out source '{source}' holds only {tokens} tokens, "
+                              f"less than one sample ({need}); the held-out loss (train.eval_interval="
+                              f"{t.eval_interval}) would be measured on repeated text: lower model.seq_length "
+                              "or set train.eval_interval=0 (held-out BPB still scores every document)")
     return errors
 
 

@@ -80,3 +80,54 @@ def test_all_errors_are_reported_together(data_dir, manifest):
     with pytest.raises(ConfigError) as info:
         validate(cfg_with(data_dir, "parallel=tp2", "model.num_attention_heads=3", "train.recompute=x"), 3, manifest)
     assert len(info.value.errors) >= 3
+
+
+# --- issue 22: rules megatron / torch would otherwise hit after the process groups start ---------
+
+@pytest.mark.parametrize("overrides, expected", [
+    # default warm-up 30 == decay length (train_iters): megatron's bare AssertionError
+    (["train.train_iters=30"], "train.lr_warmup_iters=30 must be smaller than the decay length train.train_iters=30"),
+    (["train.train_iters=100", "train.lr_decay_iters=30"], "train.lr_decay_iters=30"),
+    (["train.lr_decay_iters=-5"], "train.lr_decay_iters=-5"),
+    (["train.lr_warmup_iters=-1"], "train.lr_warmup_iters=-1"),
+    (["train.lr=-1.0"], "train.lr=-1.0 must be > 0"),
+    (["train.lr=0.0", "train.min_lr=0.0"], "train.lr=0.0 must be > 0"),
+    (["train.min_lr=-0.1"], "train.min_lr=-0.1 must be >= 0"),
+    (["train.lr_matrix=-1.0"], "train.lr_matrix=-1.0"),
+    (["train.weight_decay=-0.1"], "train.weight_decay"),
+    (["train.adam_beta2=1.0"], "train.adam_beta2"),
+    (["train.clip_grad=-1.0"], "train.clip_grad"),
+])
+def test_lr_schedule_rules_name_the_key(data_dir, manifest, overrides, expected):
+    errors = errors_for(data_dir, manifest, *overrides)
+    assert any(expected in e for e in errors), errors
+
+
+def test_negative_lr_and_min_lr_are_both_named_not_min_lr_exceeds_lr(data_dir, manifest):
+    errors = errors_for(data_dir, manifest, "train.lr=-1.0", "train.min_lr=-2.0")
+    assert any(e.startswith("train.lr=-1.0 must be > 0") for e in errors), errors
+    assert any(e.startswith("train.min_lr=-2.0 must be >= 0") for e in errors), errors
+    alone = errors_for(data_dir, manifest, "train.lr=-1.0")
+    assert not any("exceeds" in e for e in alone), alone  # not "min_lr exceeds lr"
+
+
+def test_seq_length_longer_than_a_training_source_is_refused(data_dir, manifest):
+    smallest = min(int(e["tokens"]) for e in manifest["train"].values())
+    errors = errors_for(data_dir, manifest, f"model.seq_length={smallest}", "train.eval_interval=0")
+    assert any("model.seq_length" in e and "training source" in e for e in errors), errors
+    errors = errors_for(data_dir, manifest, "model.seq_length=4000000")
+    assert any("model.seq_length=4000000" in e and "training source 'web'" in e for e in errors), errors
+    # a source the run does not read (weight 0) does not count
+    ok = errors_for(data_dir, manifest, f"model.seq_length={smallest}", "train.eval_interval=0",
+                    "data.weights={code: 0.0, web: 1.0}" if smallest == manifest["train"]["code"]["tokens"]
+                    else "data.weights={web: 0.0, code: 1.0}")
+    assert not any("training source" in e for e in ok), ok
+
+
+def test_seq_length_longer_than_a_heldout_source_is_refused_when_the_heldout_loss_is_on(data_dir, manifest):
+    errors = errors_for(data_dir, manifest, "model.seq_length=16384")
+    heldout = [e for e in errors if "held-out source" in e]
+    assert heldout and all("model.seq_length=16384" in e and "train.eval_interval" in e for e in heldout), errors
+    # without the held-out loss (BPB scores each document in its own windows) it is accepted
+    assert errors_for(data_dir, manifest, "model.seq_length=16384", "train.eval_interval=0") == []
+    assert errors_for(data_dir, manifest, "model.seq_length=2048") == []
