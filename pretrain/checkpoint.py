@@ -5,11 +5,16 @@ Layout (``run_dir/checkpoints``)::
     iter_0000100/          megatron dist_checkpointing (torch_dist) directory
         run_config.yaml    the resolved config that wrote it (rebuilds the model)
         common.pt, metadata.json, __*.distcp ...
+        integrity.json     size + xxh3-64 of every other file (written at finalize,
+                           verified before every load; see verify_checkpoint)
     latest                 text: "iter_0000100" -- written (temp + os.replace) only
                            after every rank finished writing that checkpoint
 
 A checkpoint directory without the marker pointing at it is never loaded
-automatically, so a run killed mid-save resumes from the previous one.
+automatically, so a run killed mid-save resumes from the previous one. One whose
+files do not match integrity.json is moved to ``run_dir/checkpoints_rejected/``
+on auto-resume and the previous one is loaded (:func:`resume_with_fallback`).
+``python -m pretrain.checkpoint verify DIR`` checks one offline.
 
 State: ``model`` (or ``model0``.. per virtual stage), ``optimizer`` (megatron's
 sharded optimizer state, fully reshardable across TP/PP/DP), ``rng_state``
@@ -20,10 +25,13 @@ and plain values ``iteration``, ``consumed_samples``, ``scheduler``,
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import random
 import shutil
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as dist
+import xxhash
 from omegaconf import DictConfig, OmegaConf
 
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
@@ -41,10 +50,12 @@ from pretrain.config.resolve import (  # noqa: F401 (re-exported: one place for 
     RUN_CONFIG,
     checkpoint_name,
     checkpoints_root,
+    finalized_checkpoints,
     latest_checkpoint,
     resolve_load_dir,
     saved_run_config,
 )
+
 OPTIMIZER_SHARDING = ("fully_reshardable", "dp_reshardable")
 
 
@@ -84,6 +95,218 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
+
+
+# ----------------------------------------------------------------------------
+# Integrity: size and xxh3-64 of every file, recorded at save, verified before load
+# ----------------------------------------------------------------------------
+
+INTEGRITY = "integrity.json"
+HASH_ALGORITHM = "xxh3_64"
+_HASH_CHUNK = 8 << 20
+REJECTED = "checkpoints_rejected"
+
+
+class CheckpointRejected(RuntimeError):
+    """A checkpoint that failed verification or loading. ``file`` names the bad file (relative
+    to ``directory``; the directory itself when no single file could be blamed).
+    ``blamed``: False when no file could be blamed (the files match integrity.json, or an
+    older checkpoint without it shows no missing/short file): most likely a config or code
+    mismatch, which an older checkpoint would not fix, so auto-resume raises instead of
+    moving every checkpoint aside."""
+
+    def __init__(self, directory: str | Path, file: str, reason: str,
+                 problems: list[tuple[str, str]] | None = None, blamed: bool = True) -> None:
+        self.directory, self.file, self.reason = Path(directory), file, reason
+        self.problems = problems or [(file, reason)]
+        self.blamed = blamed
+        more = f" (and {len(self.problems) - 1} more: " + ", ".join(f for f, _ in self.problems[1:6]) + ")" \
+            if len(self.problems) > 1 else ""
+        super().__init__(f"checkpoint {self.directory} is unusable: {self.directory / file}: {reason}{more}")
+
+
+def hash_file(path: str | Path) -> str:
+    digest = xxhash.xxh3_64()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_files(directory: str | Path) -> list[str]:
+    """Every file under ``directory`` (relative POSIX paths, sorted), integrity.json aside."""
+    directory = Path(directory)
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                  if p.is_file() and p.name != INTEGRITY)
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def write_integrity(directory: str | Path) -> dict | None:
+    """Collective (every rank, after every rank finished writing): file ``i`` of the sorted
+    listing is sized and hashed by rank ``i % world``; rank 0 gathers the entries and writes
+    ``integrity.json`` (temp + rename). Returns the record on rank 0."""
+    directory = Path(directory)
+    rank, world = _rank_world()
+    listing = [checkpoint_files(directory) if rank == 0 else None]
+    if world > 1:  # one listing for all, so the shares never overlap or miss a file
+        dist.broadcast_object_list(listing, src=0)
+    start = time.perf_counter()
+    mine = {name: {"size": (directory / name).stat().st_size, HASH_ALGORITHM: hash_file(directory / name)}
+            for i, name in enumerate(listing[0]) if i % world == rank}
+    seconds = time.perf_counter() - start
+    gathered = [(mine, seconds)]
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, (mine, seconds))
+    if rank != 0:
+        return None
+    files = {name: entry for part, _ in gathered for name, entry in part.items()}
+    record = {"algorithm": HASH_ALGORITHM, "bytes": sum(e["size"] for e in files.values()),
+              "hash_seconds_slowest_rank": round(max(s for _, s in gathered), 4),
+              "files": dict(sorted(files.items()))}
+    tmp = directory / f".{INTEGRITY}.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, directory / INTEGRITY)
+    return record
+
+
+def verify_files(directory: str | Path, rank: int = 0, world: int = 1) -> list[tuple[str, str]] | None:
+    """(file, reason) for each recorded file of this rank's share (``i % world == rank``)
+    that is missing, has another size, or another hash; None when there is no integrity.json
+    (a checkpoint from before it existed: unverifiable, not bad)."""
+    directory = Path(directory)
+    path = directory / INTEGRITY
+    if not path.is_file():
+        return None
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as error:
+        return [(INTEGRITY, f"unreadable ({type(error).__name__}: {error})")] if rank == 0 else []
+    problems = []
+    for i, (name, want) in enumerate(sorted(files.items())):
+        if i % world != rank:
+            continue
+        file = directory / name
+        if not file.is_file():
+            problems.append((name, "missing"))
+            continue
+        size = file.stat().st_size
+        if size != want["size"]:
+            problems.append((name, f"size {size} bytes, recorded {want['size']} (truncated or rewritten)"))
+        elif hash_file(file) != want[HASH_ALGORITHM]:
+            problems.append((name, f"content changed ({HASH_ALGORITHM} differs from integrity.json, same size)"))
+    return problems
+
+
+def verify_checkpoint(directory: str | Path) -> list[tuple[str, str]] | None:
+    """:func:`verify_files` over the process group (when there is one): every rank checks its
+    share, the results are all-gathered, so every rank gets the same verdict and takes the
+    same path. [] = verified, None = no integrity.json."""
+    rank, world = _rank_world()
+    local = verify_files(directory, rank, world)
+    if world == 1:
+        return local
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, local)
+    if any(part is None for part in gathered):
+        return None
+    return sorted({tuple(problem) for part in gathered for problem in part})
+
+
+def diagnose_files(directory: str | Path) -> list[tuple[str, str]]:
+    """Without a usable integrity record: files that torch_dist's ``.metadata`` expects but are
+    missing or shorter than the last byte it reads from them, and a missing common.pt /
+    metadata.json. Cheap (sizes only); finds truncation, not rewritten bytes."""
+    directory = Path(directory)
+    problems = [(name, "missing") for name in ("metadata.json", "common.pt") if not (directory / name).is_file()]
+    try:
+        from torch.distributed.checkpoint import FileSystemReader
+
+        storage = FileSystemReader(str(directory)).read_metadata().storage_data or {}
+    except Exception as error:  # noqa: BLE001 (a broken .metadata is itself the finding)
+        return problems + [(".metadata", f"unreadable ({type(error).__name__}: {error})")]
+    needed: dict[str, int] = {}
+    for info in storage.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, end in sorted(needed.items()):
+        file = directory / name
+        if not file.is_file():
+            problems.append((name, "missing"))
+        elif file.stat().st_size < end:
+            problems.append((name, f"size {file.stat().st_size} bytes, .metadata reads up to byte {end} (truncated)"))
+    return problems
+
+
+def _point_latest(root: Path, name: str) -> None:
+    tmp = root / f".{LATEST}.tmp.{os.getpid()}"
+    tmp.write_text(name + "\n")
+    os.replace(tmp, root / LATEST)
+
+
+def reject_checkpoint(run_dir: str | Path, bad: CheckpointRejected) -> Path:
+    """Rank 0: move a bad checkpoint to ``run_dir/checkpoints_rejected/`` (kept for a post-mortem)."""
+    target = Path(run_dir) / REJECTED / bad.directory.name
+    if target.exists():
+        target = target.with_name(f"{target.name}.{int(time.time())}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    bad.directory.rename(target)
+    return target
+
+
+def append_event(run_dir: str | Path, row: dict) -> None:
+    """One event row in metrics.jsonl, written before the run's monitor opens the file."""
+    from pretrain.train.monitor import METRICS
+
+    with open(Path(run_dir) / METRICS, "a") as f:
+        f.write(json.dumps({**row, "time": time.time()}) + "\n")
+
+
+def resume_with_fallback(run_dir: str | Path, root: str | Path, load_dir: Path, auto: bool,
+                         load: Callable[[Path], "TrainProgress"]) -> tuple["TrainProgress", Path]:
+    """Load ``load_dir``; under ``checkpoint.load=auto`` a checkpoint rejected for its files
+    (integrity mismatch, a missing or truncated file) is moved aside, ``latest`` moves to the newest older finalised
+    checkpoint, and that one is tried. Every rank takes the same path (the verdicts are
+    collective). An explicit directory, or a load error no file can be blamed for,
+    raises :class:`CheckpointRejected` naming the file."""
+    rank, world = _rank_world()
+    root = Path(root)
+    rejected: list[dict] = []
+    while True:
+        try:
+            progress = load(load_dir)
+            break
+        except CheckpointRejected as bad:
+            if not auto or not bad.blamed:
+                raise
+            older = finalized_checkpoints(root, before=bad.directory.name)
+            if rank == 0:
+                moved = reject_checkpoint(run_dir, bad)
+                row = {"event": "checkpoint_rejected", "path": str(bad.directory), "file": bad.file,
+                       "reason": bad.reason, "moved_to": str(moved),
+                       "fallback": older[-1].name if older else None}
+                rejected.append(row)
+                print(f"checkpoint rejected: {bad}; moved to {moved}; "
+                      f"{'falling back to ' + older[-1].name if older else 'no older checkpoint'}",
+                      file=sys.stderr, flush=True)
+                if older:
+                    _point_latest(root, older[-1].name)
+            if world > 1:
+                dist.barrier()
+            if not older:
+                if rank == 0:
+                    for row in rejected:
+                        append_event(run_dir, {**row, "step": 0, "resumed_from": None})
+                raise RuntimeError(f"no loadable checkpoint left in {root}: {bad}") from bad
+            load_dir = older[-1]
+    if rank == 0:
+        for row in rejected:
+            append_event(run_dir, {**row, "step": progress.iteration, "resumed_from": load_dir.name})
+    return progress, load_dir
 
 
 
@@ -207,6 +430,9 @@ class CheckpointWriter:
             dist.barrier()
             if dist.get_rank() == 0:
                 OmegaConf.save(self.resolved_config, directory / RUN_CONFIG, resolve=True)
+            dist.barrier()
+            write_integrity(directory)  # collective: every rank hashes its share of the files
+            if dist.get_rank() == 0:
                 write_latest_marker(self.cfg.run_dir, iteration)
                 prune_checkpoints(self.cfg.run_dir, int(self.cfg.checkpoint.keep_last))
             dist.barrier()
@@ -310,7 +536,33 @@ def untie_adam_steps(optimizer) -> None:
 
 def load_checkpoint(directory: Path, model_chunks: list, optimizer, scheduler,
                     cfg: DictConfig) -> TrainProgress:
-    """Restore model, optimizer, scheduler and (same layout only) RNG; return the progress."""
+    """Restore model, optimizer, scheduler and (same layout only) RNG; return the progress.
+
+    Verifies the files against integrity.json first (collective); raises
+    :class:`CheckpointRejected` naming the file on a mismatch, and on any load error
+    (naming the file a size check against torch_dist's ``.metadata`` blames, if any)."""
+    directory = Path(directory)
+    problems = verify_checkpoint(directory)
+    if problems:
+        raise CheckpointRejected(directory, *problems[0], problems=problems)
+    try:
+        return _load_checkpoint(directory, model_chunks, optimizer, scheduler, cfg)
+    except Exception as error:  # noqa: BLE001 (re-raised, naming the file)
+        raise _load_error(directory, error, verified=problems == []) from error
+
+
+def _load_error(directory: Path, error: Exception, verified: bool) -> CheckpointRejected:
+    found = [] if verified else diagnose_files(directory)
+    what = f"load failed: {type(error).__name__}: {error}"
+    if found:
+        return CheckpointRejected(directory, found[0][0], f"{found[0][1]}; {what}", problems=found)
+    what += (" (every file matches integrity.json" if verified else " (no file missing or short")
+    what += ": most likely a config or code mismatch, not a damaged file)"
+    return CheckpointRejected(directory, ".", what, blamed=False)
+
+
+def _load_checkpoint(directory: Path, model_chunks: list, optimizer, scheduler,
+                     cfg: DictConfig) -> TrainProgress:
     if optimizer is not None:
         materialize_optimizer_state(optimizer)
     common = dist_checkpointing.load_common_state_dict(str(directory))
@@ -380,6 +632,9 @@ def load_model_for_inference(checkpoint_dir: str | Path, dtype: torch.dtype = to
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel()
         tensor_parallel.model_parallel_cuda_manual_seed(0)
+    problems = verify_checkpoint(checkpoint_dir)
+    if problems:
+        raise CheckpointRejected(checkpoint_dir, *problems[0], problems=problems)
     cfg = saved_run_config(checkpoint_dir)
     cfg.parallel.update(tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
                         virtual_pipeline_model_parallel_size=None, data_parallel_size=1,
@@ -390,3 +645,59 @@ def load_model_for_inference(checkpoint_dir: str | Path, dtype: torch.dtype = to
     state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(checkpoint_dir))
     model.load_state_dict(state["model"])
     return model.eval(), cfg
+
+
+# ----------------------------------------------------------------------------
+# python -m pretrain.checkpoint verify DIR...
+# ----------------------------------------------------------------------------
+
+def verify_cli(directories: list[str]) -> int:
+    """Offline check (no process group): exit 1 naming every bad file; a checkpoint without
+    integrity.json is reported UNVERIFIABLE (size check against .metadata only), not bad.
+    A checkpoints/ root (or a run dir) checks each ``iter_*`` under it."""
+    status = 0
+    targets: list[Path] = []
+    for name in directories:
+        path = Path(name)
+        if not path.is_dir():
+            print(f"BAD {path}: not a directory")
+            status = 1
+            continue
+        inner = sorted(p for p in list(path.glob("iter_*")) + list(path.glob("checkpoints/iter_*")) if p.is_dir())
+        targets += inner if inner and not (path / "metadata.json").is_file() else [path]
+    for path in targets:
+        start = time.perf_counter()
+        problems = verify_files(path)
+        seconds = time.perf_counter() - start
+        if problems is None:
+            short = diagnose_files(path)
+            for file, reason in short:
+                print(f"BAD {path / file}: {reason}")
+            if short:
+                status = 1
+            else:
+                print(f"UNVERIFIABLE {path}: no {INTEGRITY} (saved before integrity records); "
+                      "sizes match .metadata")
+            continue
+        for file, reason in problems:
+            print(f"BAD {path / file}: {reason}")
+        if problems:
+            status = 1
+        else:
+            record = json.loads((path / INTEGRITY).read_text())
+            gb = record["bytes"] / 1e9
+            print(f"OK {path}: {len(record['files'])} files, {gb:.3f} GB, {seconds:.2f} s "
+                  f"({seconds / gb if gb else 0:.2f} s/GB)")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2 or argv[0] != "verify":
+        print("usage: python -m pretrain.checkpoint verify CHECKPOINT_DIR [...]", file=sys.stderr)
+        return 2
+    return verify_cli(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

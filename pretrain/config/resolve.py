@@ -40,13 +40,34 @@ def checkpoint_name(iteration: int) -> str:
     return f"iter_{iteration:07d}"
 
 
+def finalized_checkpoints(root: str | Path, before: str | None = None) -> list[Path]:
+    """``iter_*`` directories under ``root`` whose save was finalised (run_config.yaml is
+    written after every rank finished writing), oldest first; only names < ``before``."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("iter_*")
+                  if p.is_dir() and (p / RUN_CONFIG).is_file() and (before is None or p.name < before))
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint ``checkpoints/latest`` names, if it exists."""
+    """The checkpoint ``checkpoints/latest`` names, if it exists.
+
+    A marker naming a directory that is gone (moved aside as corrupt, deleted by hand)
+    falls back to the newest finalised checkpoint older than the name, with a warning,
+    instead of silently starting the run from scratch."""
     marker = checkpoints_root(run_dir) / LATEST
     if not marker.is_file():
         return None
-    path = checkpoints_root(run_dir) / marker.read_text().strip()
-    return path if path.is_dir() else None
+    name = marker.read_text().strip()
+    path = checkpoints_root(run_dir) / name
+    if path.is_dir():
+        return path
+    older = finalized_checkpoints(checkpoints_root(run_dir), before=name)
+    if older:
+        print(f"warning: {marker} names {name}, which does not exist; using {older[-1].name}", flush=True)
+        return older[-1]
+    return None
 
 
 def saved_run_config(checkpoint_dir: str | Path) -> DictConfig:

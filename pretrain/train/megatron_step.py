@@ -220,6 +220,7 @@ class MegatronStep:
         self.writer.close()
 
     def load(self, path: Path) -> TrainProgress:
+        """Verified first (integrity.json): a rollback into a damaged checkpoint raises naming the file."""
         return ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.cfg)
 
     def list_checkpoints(self) -> list[Path]:
@@ -267,7 +268,10 @@ def build_megatron_step(cfg: DictConfig, manifest: dict, spike_recovery_on: bool
     model, optimizer, scheduler, layout = build_megatron_model(cfg, check_for_nan_in_grad=not spike_recovery_on)
     progress = TrainProgress()
     if load_dir is not None:
-        progress = ckpt.load_checkpoint(load_dir, model, optimizer, scheduler, cfg)
+        # load=auto: a checkpoint with a damaged file is moved aside and the previous one loaded
+        progress, load_dir = ckpt.resume_with_fallback(
+            run_dir, ckpt.checkpoints_root(run_dir), load_dir, auto=cfg.checkpoint.load == "auto",
+            load=lambda path: ckpt.load_checkpoint(path, model, optimizer, scheduler, cfg))
         if rank == 0:
             print(f"resumed from {load_dir} at step {progress.iteration} "
                   f"({progress.consumed_samples} samples consumed)", flush=True)
