@@ -59,7 +59,13 @@ def latest_tag(run_dir: str | Path) -> str | None:
     if not marker.is_file():
         return None
     tag = marker.read_text().strip()
-    return tag if (checkpoints_root(run_dir) / tag).is_dir() else None
+    if (checkpoints_root(run_dir) / tag).is_dir():
+        return tag
+    # gone (moved aside, deleted by hand): the newest finalised one before it, not a fresh start
+    from pretrain.config.resolve import finalized_checkpoints
+
+    older = finalized_checkpoints(checkpoints_root(run_dir), before=tag)
+    return older[-1].name if older else None
 
 
 def resolve_ds_load(cfg: DictConfig) -> tuple[Path, str] | None:
@@ -247,6 +253,8 @@ class DeepSpeedStep:
 
     # checkpoints ------------------------------------------------------------------
     def save(self, progress) -> Path:
+        from pretrain.checkpoint import write_integrity
+
         root = checkpoints_root(self.run_dir)
         tag = f"iter_{progress.iteration:07d}"
         self.engine.save_checkpoint(str(root), tag=tag, save_latest=False, client_state={
@@ -256,6 +264,9 @@ class DeepSpeedStep:
         dist.barrier()  # every rank's shard is on disk before the marker names it
         if dist.get_rank() == 0:
             OmegaConf.save(self.cfg, root / tag / "run_config.yaml", resolve=True)
+        dist.barrier()
+        write_integrity(root / tag)  # collective: every rank hashes its share of the files
+        if dist.get_rank() == 0:
             self.mark_latest(progress.iteration)
             for old in list_ds_checkpoints(self.run_dir)[:-int(self.cfg.checkpoint.keep_last)]:
                 if old.name != tag:
@@ -273,10 +284,19 @@ class DeepSpeedStep:
         """Nothing in flight."""
 
     def load(self, path: Path):
-        from pretrain.checkpoint import TrainProgress
+        """Verified first against integrity.json (collective); raises CheckpointRejected naming the file."""
+        from pretrain.checkpoint import CheckpointRejected, TrainProgress, verify_checkpoint
 
-        loaded, client = self.engine.load_checkpoint(str(path.parent), tag=path.name,
-                                                     load_lr_scheduler_states=False)
+        problems = verify_checkpoint(path)
+        if problems:
+            raise CheckpointRejected(path, *problems[0], problems=problems)
+        try:
+            loaded, client = self.engine.load_checkpoint(str(path.parent), tag=path.name,
+                                                         load_lr_scheduler_states=False)
+        except Exception as error:  # noqa: BLE001 (re-raised naming the checkpoint)
+            # no per-file size map for DeepSpeed's torch.save files: blame a file only via integrity.json
+            raise CheckpointRejected(path, ".", f"load failed: {type(error).__name__}: {error}",
+                                     blamed=False) from error
         if loaded is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
         iteration = int(client["iteration"])
@@ -375,9 +395,13 @@ def build_deepspeed_step(cfg: DictConfig):
     step = DeepSpeedStep(cfg, engine, optimizer, scheduler)
     progress, load = TrainProgress(), resolve_ds_load(cfg)
     if load is not None:
+        from pretrain.checkpoint import resume_with_fallback
+
         root, tag = load
-        progress = step.load(root / tag)
+        # load=auto: a checkpoint with a damaged file is moved aside and the previous one loaded
+        progress, loaded = resume_with_fallback(cfg.run_dir, root, root / tag, auto=cfg.checkpoint.load == "auto",
+                                                load=step.load)
         if rank == 0:
-            print(f"resumed from {root / tag} at step {progress.iteration} "
+            print(f"resumed from {loaded} at step {progress.iteration} "
                   f"({progress.consumed_samples} samples consumed)", flush=True)
     return step, progress, load is not None
