@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 METRICS = "metrics.jsonl"
+SPIKES = "spikes.jsonl"  # written by pretrain/train/callbacks/spike_log.py
 SUMMARY = "summary.json"
 LOSS_PLOT = "loss.png"
 
@@ -30,20 +31,99 @@ def memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
+def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
+    """Append ``row`` as one whole line: one ``write`` of the encoded line (O_APPEND), so a crash
+    or a full disk can at worst leave the *last* line torn, which :func:`repair_jsonl` drops."""
+    data = (json.dumps(row) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        while data:  # a short write (signal, full disk) continues the same line
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
+
+
+def _parse_jsonl(raw: bytes) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """(rows, [(line number, text) of lines that are not a JSON object])."""
+    rows, bad = [], []
+    for number, line in enumerate(raw.decode("utf-8", errors="replace").split("\n"), 1):
+        if not line.strip():
+            continue
+        row = _loads(line)
+        if row is not None:
+            rows.append(row)
+            continue
+        # A torn row with a whole row appended onto it (a writer that did not mend the file
+        # first): keep the whole row at the end, drop the torn start.
+        starts = [i for i in range(1, len(line)) if line[i] == "{"]
+        tail = next(((i, r) for i in starts if (r := _loads(line[i:])) is not None), None)
+        if tail is None:
+            bad.append((number, line))
+        else:
+            bad.append((number, line[:tail[0]]))
+            rows.append(tail[1])
+    return rows, bad
+
+
+def _loads(line: str) -> dict[str, Any] | None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl; a torn line (a crash mid-write) is skipped with a warning."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, bad = _parse_jsonl(path.read_bytes())
+    for number, _ in bad:
+        print(f"warning: {path}:{number} is not a complete JSON row (torn write?); skipped", file=sys.stderr)
+    return rows
 
 
-def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
-    """On resume, forget steps after the checkpoint (they will be trained again)."""
-    path = Path(run_dir) / METRICS
-    rows = [row for row in read_metrics(run_dir) if row.get("step", 0) <= last_step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+def repair_jsonl(path: str | Path, last_step: int | None = None) -> list[dict[str, Any]]:
+    """Rewrite a JSONL log without its torn lines (and, given ``last_step``, without rows of later
+    steps: a resumed run trains them again); atomic (temp file + rename). Returns one report
+    per dropped torn line: ``{"file", "line", "text"}`` (text cut to 200 characters)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    rows, bad = _parse_jsonl(raw)
+    kept = rows if last_step is None else [r for r in rows if (r.get("step") or 0) <= last_step]
+    # a complete row cut just before its newline would have the next row appended onto it
+    if not bad and len(kept) == len(rows) and (not raw or raw.endswith(b"\n")):
+        return []
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in kept))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    return [{"file": str(path), "line": number, "text": text[:200]} for number, text in bad]
+
+
+def truncate_metrics(run_dir: str | Path, last_step: int) -> list[dict[str, Any]]:
+    """On resume, forget steps after the checkpoint (they will be trained again) and torn lines."""
+    return repair_jsonl(Path(run_dir) / METRICS, last_step)
+
+
+def set_aside(path: str | Path) -> Path | None:
+    """A fresh start (nothing loaded) in a run dir with an old log: rename the log to
+    ``<name>.prev-<UTC time>`` so every step of the new run appears once. Returns the new name."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.prev-{stamp}")
+    n = 1
+    while target.exists():
+        target, n = path.with_name(f"{path.name}.prev-{stamp}.{n}"), n + 1
+    os.replace(path, target)
+    return target
 
 
 def wandb_mode(cfg: DictConfig) -> str:
@@ -63,9 +143,22 @@ class RunMonitor:
         self.run_dir = Path(cfg.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(resolved, self.run_dir / "config.yaml", resolve=True)
+        # A crash (or a full disk) may have torn the last line of a log; a resume drops the rows
+        # after its checkpoint; a fresh start (step 0: nothing loaded, or an untrained iter 0)
+        # sets the old run's rows aside. Each repair is printed and logged as an event row below.
+        notes: list[tuple[str, dict[str, Any]]] = []
         if start_step > 0:
-            truncate_metrics(self.run_dir, start_step)
-        self._file = open(self.run_dir / METRICS, "a", buffering=1)
+            repairs = truncate_metrics(self.run_dir, start_step)
+        else:
+            repairs = []
+            moved = set_aside(self.run_dir / METRICS)
+            if moved is not None:
+                notes.append(("log_set_aside", {"file": str(self.run_dir / METRICS), "moved_to": str(moved)}))
+        # spikes.jsonl is an event log (train.spikes.replay_skips reads its skipped ranges):
+        # only torn lines are dropped, nothing is truncated or set aside.
+        repairs += repair_jsonl(self.run_dir / SPIKES)
+        notes += [("log_repaired", repair) for repair in repairs]
+        self._path = self.run_dir / METRICS
         self.log_interval = cfg.train.log_interval
         self.start_step = start_step
         self.wall_start = time.time()
@@ -90,6 +183,14 @@ class RunMonitor:
                              disable=None)  # None: a bar on terminals, plain log lines in files
         # layout: pretrain.train.optim.describe_optimizer (dtypes, optimizer shards), on the start row
         self.event("resume" if start_step > 0 else "start", start_step, **(layout or {}))
+        for name, fields in notes:
+            if name == "log_repaired":
+                self._warn(f"{fields['file']}:{fields['line']} was a torn line (a crash mid-write?); dropped: "
+                           f"{fields['text']!r}")
+            else:
+                self._warn(f"fresh start (no checkpoint loaded): the old {fields['file']} was moved to "
+                           f"{fields['moved_to']} so every step appears once")
+            self.event(name, start_step, **fields)
         if layout:
             self._print(format_layout(layout))
 
@@ -100,10 +201,10 @@ class RunMonitor:
 
     def event(self, name: str, step: int, **fields: Any) -> None:
         """Non-step rows (start, resume, checkpoint, eval) share the file; ``event`` tells them apart."""
-        self._file.write(json.dumps({"event": name, "step": step, "time": time.time(), **fields}) + "\n")
+        append_jsonl(self._path, {"event": name, "step": step, "time": time.time(), **fields})
 
     def log_step(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(row) + "\n")
+        append_jsonl(self._path, row)
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in row.items() if v is not None and k != "step"}, step=row["step"])
         if self._bar is not None:
@@ -133,6 +234,9 @@ class RunMonitor:
             self._wandb.log(flat, step=step)
         self._print(f"step {step:>6} | held-out evaluation\n{format_table(results)}")
 
+    def _warn(self, line: str) -> None:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+
     def _print(self, line: str) -> None:
         if self._bar is not None and not self._bar.disable:
             self._bar.write(line, file=sys.stderr)
@@ -142,7 +246,6 @@ class RunMonitor:
     def finish(self, checkpoints: list[str], backend: str = "megatron") -> dict[str, Any]:
         if self._bar is not None:
             self._bar.close()
-        self._file.close()
         rows = read_metrics(self.run_dir)
         steps = [r for r in rows if "loss" in r and r.get("event") is None]
         evals = [r for r in rows if r.get("event") == "eval"]

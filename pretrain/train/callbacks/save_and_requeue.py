@@ -25,5 +25,5 @@ class SaveAndRequeueOnSignal(Callback):
             return
         if self.checkpointing.last_saved != trainer.progress.iteration:
             self.checkpointing.save(trainer)
-        trainer.step.close()
+        self.checkpointing.wait_and_close(trainer)  # the save is complete (and logged) before the exit
         self.flag.exit_for_requeue()

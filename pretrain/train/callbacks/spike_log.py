@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from pretrain.train.callbacks.metrics import Metrics
+from pretrain.train.monitor import append_jsonl
 
 
 class SpikeLog:
@@ -19,8 +19,7 @@ class SpikeLog:
     def write(self, row: dict[str, Any]) -> None:
         """spikes.jsonl only (rank 0)."""
         if self.rank == 0:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"time": time.time(), **row}) + "\n")
+            append_jsonl(self.path, {"time": time.time(), **row})  # one whole line per row
 
     def event(self, name: str, step: int, **fields: Any) -> None:
         fields = {k: (v.value if isinstance(v, Enum) else v) for k, v in fields.items()}
