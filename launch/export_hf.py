@@ -11,6 +11,8 @@ equal the megatron model's on every real token id (tests/launch/test_export_hf.p
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -85,8 +87,115 @@ def export_tokenizer(spm_path: Path | None, out_dir: Path, vocab_size: int) -> d
     return {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
 
 
+class CheckpointReadError(RuntimeError):
+    """The checkpoint could not be read (truncated or missing file); the message names it."""
+
+
+def damaged_checkpoint_files(directory: Path) -> list[str]:
+    """What is wrong with a dist checkpoint's files, judged from its DCP ``.metadata`` (which
+    records, per tensor chunk, the file, offset and length it was written to): one line per
+    unreadable metadata, missing file or file shorter than its last chunk. Empty: the files are
+    all there and long enough (their contents are not read)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        metadata = FileSystemReader(str(directory)).read_metadata()
+    except Exception as err:  # a torn pickle: EOFError, UnpicklingError, ...
+        return [f"{directory / '.metadata'}: unreadable ({type(err).__name__}: {err})"]
+    needed: dict[str, int] = {}
+    for info in (getattr(metadata, "storage_data", None) or {}).values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), int(info.offset) + int(info.length))
+    problems = []
+    for name, size in sorted(needed.items()):
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size < size:
+            problems.append(f"{path}: truncated ({path.stat().st_size} bytes, the metadata records {size})")
+    return problems
+
+
+def _checkpoint_error(checkpoint: str | Path, directory: Path | None, err: BaseException) -> CheckpointReadError:
+    """``err`` (often a bare EOFError from a torn pickle) with the checkpoint, and the damaged file
+    when its size gives it away, named."""
+    where = directory if directory is not None else Path(str(checkpoint))
+    problems = damaged_checkpoint_files(directory) if directory is not None else []
+    if problems:
+        return CheckpointReadError(f"export_hf: checkpoint {where} is damaged: {'; '.join(problems)} "
+                                   "(a half-written checkpoint? export an earlier iter_* directory)")
+    return CheckpointReadError(f"export_hf: exporting checkpoint {where} failed: {type(err).__name__}: {err}")
+
+
+def _resolved_or_none(checkpoint) -> Path | None:
+    from launch.checkpoint_reader import resolve_checkpoint_dir
+
+    try:
+        return resolve_checkpoint_dir(checkpoint)
+    except Exception:
+        return None
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """Where the export is written before it is renamed to ``out_dir`` (same filesystem)."""
+    return out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+
+
+def check_output(out_dir: Path) -> None:
+    """``output`` may be absent, an empty directory or an earlier export (replaced on success);
+    anything else is refused before any work, so an export never mixes into unrelated files."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"output={out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "teleflm_export.json").is_file():
+        raise FileExistsError(f"output={out_dir} is a non-empty directory that is not an earlier export "
+                              "(no teleflm_export.json): pick a new output directory")
+
+
+def publish(staged: Path, out_dir: Path) -> None:
+    """Rename the finished export into place; an earlier export there is replaced."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+    os.replace(staged, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def export(cfg: DictConfig) -> Path:
-    reader = DistCheckpointReader(cfg.checkpoint)
+    """Write the HF directory to a staging directory next to ``output`` and rename it into place
+    when everything is written: a failure (a damaged checkpoint, a full disk) leaves no output."""
+    out_dir = Path(cfg.output)
+    check_output(out_dir)
+    directory = None
+    try:
+        reader = DistCheckpointReader(cfg.checkpoint)
+        directory = reader.directory
+    except FileNotFoundError:  # resolve_checkpoint_dir's message names the path
+        raise
+    except Exception as err:  # a torn .metadata: a bare EOFError
+        directory = directory or _resolved_or_none(cfg.checkpoint)
+        raise _checkpoint_error(cfg.checkpoint, directory, err) from err
+    if damaged_checkpoint_files(reader.directory):  # before anything is written
+        raise _checkpoint_error(cfg.checkpoint, reader.directory, RuntimeError("damaged"))
+    staged = staging_dir(out_dir)
+    if staged.exists():
+        shutil.rmtree(staged)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _export_into(cfg, reader, staged)
+        publish(staged, out_dir)
+    except BaseException as err:
+        shutil.rmtree(staged, ignore_errors=True)
+        # the exporter's own checks (ValueError, KeyError naming the key) and interrupts pass as they are;
+        # anything else (EOFError, UnpicklingError, DCP's CheckpointException, OSError) gets the checkpoint named
+        if isinstance(err, (ValueError, KeyError, IndexError, KeyboardInterrupt, SystemExit)):
+            raise
+        raise _checkpoint_error(cfg.checkpoint, reader.directory, err) from err
+    print(f"[export_hf] {reader.directory} -> {out_dir}")
+    return out_dir
+
+
+def _export_into(cfg: DictConfig, reader: DistCheckpointReader, out_dir: Path) -> None:
     run_cfg = reader.run_config()
     if cfg.vocab not in ("trim", "padded"):
         raise ValueError(f"vocab: must be trim or padded, got {cfg.vocab!r}")
@@ -97,7 +206,6 @@ def export(cfg: DictConfig) -> Path:
     if cfg.dtype != "auto" and cfg.dtype not in DTYPES:
         raise ValueError(f"dtype: must be auto or one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
     dtype = reader.dtype(EMBEDDING) if cfg.dtype == "auto" else DTYPES[cfg.dtype]
-    out_dir = Path(cfg.output)
     writer = ShardedSafetensorsWriter(out_dir, int(float(cfg.max_shard_size_gb) * 2**30))
 
     writer.add(HF_EMBEDDING, embedding_to_hf(reader.tensor(EMBEDDING), s).to(dtype))
@@ -119,8 +227,7 @@ def export(cfg: DictConfig) -> Path:
         "checkpoint": str(reader.directory), "input_mult_folded": s.input_mult, "logit_mult_folded": s.logit_mult,
         "padded_vocab_rows": reader.global_shape(EMBEDDING)[0], "hf_vocab_size": s.vocab_size,
         "dtype": str(dtype)}, indent=2) + "\n")
-    print(f"[export_hf] {reader.directory} -> {out_dir} ({writer.total_bytes / 2**20:.1f} MiB, {dtype})")
-    return out_dir
+    print(f"[export_hf] {reader.directory}: {writer.total_bytes / 2**20:.1f} MiB written ({dtype})")
 
 
 @hydra.main(config_path="../configs", config_name="export", version_base=None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,31 @@ def test_import_at_tp2_then_export_round_trips_bit_exactly(exported, tmp_path):
     config_before = {k: v for k, v in json.loads((exported / "config.json").read_text()).items() if k not in drop}
     config_after = {k: v for k, v in json.loads((again / "config.json").read_text()).items() if k not in drop}
     assert config_before == config_after
+
+
+def _export_fails(checkpoint: Path, output: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "launch.export_hf", f"checkpoint={checkpoint}",
+                             f"output={output}"], cwd=REPO_ROOT, env=WORKER_ENV, capture_output=True,
+                            text=True, timeout=400)
+    assert result.returncode != 0, "the export of a damaged checkpoint succeeded"
+    return result
+
+
+@pytest.mark.parametrize("damage", ["data_file", "metadata"])
+def test_export_of_a_half_written_checkpoint_names_the_file_and_leaves_no_output(tp2_run, tmp_path, damage):
+    """A checkpoint whose largest data file (or DCP .metadata) was cut short, as a save killed
+    mid-write leaves it: the error names the file, and neither the output directory nor the
+    staging directory next to it is left behind."""
+    source = tp2_run / "checkpoints" / (tp2_run / "checkpoints" / "latest").read_text().strip()
+    damaged = tmp_path / "iter_damaged"
+    shutil.copytree(source, damaged)
+    if damage == "data_file":
+        victim = max(damaged.glob("*.distcp"), key=lambda p: p.stat().st_size)
+    else:
+        victim = damaged / ".metadata"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    output = tmp_path / "hf"
+    result = _export_fails(damaged, output)
+    assert str(victim) in result.stderr, result.stderr[-3000:]
+    assert not output.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["iter_damaged"]  # no staging directory left
