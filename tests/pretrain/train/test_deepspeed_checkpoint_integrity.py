@@ -41,9 +41,6 @@ def test_truncated_deepspeed_checkpoint_is_rejected_and_run_resumes_from_previou
     out = launch(tmp_path, run_dir, 4)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
     root = run_dir / "checkpoints_ds"
-    record = json.loads((root / "iter_0000004" / "integrity.json").read_text())
-    assert "run_config.yaml" in record["files"] and len(record["files"]) >= 3, record
-
     newest = root / "iter_0000004"
     victim = max((p for p in newest.rglob("*.pt")), key=lambda p: p.stat().st_size)
     name = victim.relative_to(newest).as_posix()
@@ -59,3 +56,5 @@ def test_truncated_deepspeed_checkpoint_is_rejected_and_run_resumes_from_previou
     assert (run_dir / "checkpoints_rejected" / "iter_0000004" / name).is_file()
     assert (root / "latest").read_text().strip() == "iter_0000006"
     assert [r["step"] for r in rows if r.get("event") is None and "loss" in r] == list(range(1, 7))
+    record = json.loads((root / "iter_0000006" / "integrity.json").read_text())
+    assert "run_config.yaml" in record["files"] and len(record["files"]) >= 3, record
