@@ -545,9 +545,11 @@ def load_checkpoint(directory: Path, model_chunks: list, optimizer, scheduler,
     problems = verify_checkpoint(directory)
     if problems:
         raise CheckpointRejected(directory, *problems[0], problems=problems)
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
     try:
         return _load_checkpoint(directory, model_chunks, optimizer, scheduler, cfg)
-    except Exception as error:  # noqa: BLE001 (re-raised, naming the file)
+    except (Exception, CheckpointException) as error:  # noqa: BLE001 (re-raised, naming the file)
         raise _load_error(directory, error, verified=problems == []) from error
 
 

@@ -143,3 +143,48 @@ def test_verify_cli_tells_good_damaged_and_unverifiable_apart(trained, tmp_path)
     (legacy / "integrity.json").unlink()  # a checkpoint saved before integrity records
     out = verify(legacy)
     assert out.returncode == 0 and out.stdout.startswith(f"UNVERIFIABLE {legacy}"), out.stdout
+
+
+def test_a_load_error_no_file_is_blamed_for_raises_and_moves_nothing(trained, data_dir, tmp_path):
+    """Intact files, a model config that no longer fits them: an older checkpoint would not
+    load either, so auto-resume must fail loudly instead of moving every checkpoint aside."""
+    run_dir = copy_run(trained, tmp_path)
+    out = resume(data_dir, run_dir, "model.ffn_hidden_size=256")
+    assert out.returncode != 0
+    assert "every file matches integrity.json" in out.stdout + out.stderr, out.stderr[-4000:]
+    assert not (run_dir / "checkpoints_rejected").exists()
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "iter_0000006"
+
+
+def test_latest_naming_a_missing_directory_falls_back_to_the_newest_finalised_one(tmp_path):
+    from pretrain.config.resolve import latest_checkpoint
+
+    root = tmp_path / "checkpoints"
+    for name in ("iter_0000002", "iter_0000004"):
+        (root / name).mkdir(parents=True)
+        (root / name / "run_config.yaml").write_text("{}\n")
+    (root / "iter_0000005").mkdir()  # a save that never finalised: never loaded automatically
+    (root / "latest").write_text("iter_0000006\n")  # moved aside or deleted by hand
+    assert latest_checkpoint(tmp_path) == root / "iter_0000004"
+    (root / "latest").write_text("iter_0000004\n")
+    assert latest_checkpoint(tmp_path) == root / "iter_0000004"
+    (root / "latest").write_text("iter_0000001\n")
+    assert latest_checkpoint(tmp_path) is None
+
+
+def test_truncated_shard_of_a_checkpoint_without_integrity_record_is_named_and_skipped(trained, data_dir, tmp_path):
+    """A checkpoint saved before integrity.json existed: dist_checkpointing's EOFError is
+    re-raised naming the file a size check against .metadata finds short; auto-resume falls back."""
+    run_dir = copy_run(trained, tmp_path)
+    for checkpoint in (run_dir / "checkpoints").glob("iter_*"):
+        (checkpoint / "integrity.json").unlink()
+    shard = largest_shard(run_dir / "checkpoints" / "iter_0000006")
+    truncate(shard)
+    out = resume(data_dir, run_dir)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rejected = [r for r in rows if r.get("event") == "checkpoint_rejected"]
+    assert len(rejected) == 1 and rejected[0]["file"] == shard.name, rejected
+    assert "truncated" in rejected[0]["reason"] and "load failed" in rejected[0]["reason"], rejected[0]
+    assert rejected[0]["fallback"] == "iter_0000004"
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "iter_0000008"
