@@ -223,16 +223,25 @@ def spike_config_from(cfg) -> SpikeConfig:
 def load_skip_ranges(spec) -> list[list[int]]:
     """``train.spikes.replay_skips``: a spikes.jsonl path (its ``skipped_samples``) or [[start, end), ...]."""
     import json
+    import sys
     from pathlib import Path
 
     if spec is None or spec == "":
         return []
     if isinstance(spec, str):
         ranges = []
-        for line in Path(spec).read_text().splitlines():
-            if line.strip():
+        lines = Path(spec).read_text().splitlines()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                if row.get("skipped_samples"):
-                    ranges.append([int(row["skipped_samples"][0]), int(row["skipped_samples"][1])])
+            except json.JSONDecodeError as err:
+                if number == len(lines):  # a crash mid-write tears only the last line: nothing to replay
+                    print(f"warning: {spec}:{number} is a torn last line; ignored for replay_skips", file=sys.stderr)
+                    continue
+                raise ValueError(f"train.spikes.replay_skips: {spec}:{number} is not a JSON row ({err})") from err
+            if row.get("skipped_samples"):
+                ranges.append([int(row["skipped_samples"][0]), int(row["skipped_samples"][1])])
         return sorted(ranges)
     return sorted([int(a), int(b)] for a, b in spec)

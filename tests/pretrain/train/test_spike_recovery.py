@@ -150,6 +150,20 @@ def test_replay_ranges_from_log_or_list(tmp_path):
     assert load_skip_ranges(None) == []
 
 
+def test_replay_ranges_tolerate_a_torn_last_line_only(tmp_path):
+    import pytest
+
+    from pretrain.train.spike_policy import load_skip_ranges
+
+    log = tmp_path / "spikes.jsonl"
+    whole = json.dumps({"event": "spike_skip_update", "skipped_samples": [8, 16]})
+    log.write_text(whole + '\n{"event": "spike_rollb')            # a crash mid-write
+    assert load_skip_ranges(str(log)) == [[8, 16]]
+    log.write_text('{"event": "spike_rollb\n' + whole + "\n")     # damage in the middle is an error
+    with pytest.raises(ValueError, match=r"replay_skips: .*spikes.jsonl:1"):
+        load_skip_ranges(str(log))
+
+
 def test_rollback_target_choice(tmp_path):
     from pretrain.checkpoint import list_checkpoints
     from pretrain.train.callbacks.spike_recovery import rollback_target
