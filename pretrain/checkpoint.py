@@ -260,10 +260,9 @@ def reject_checkpoint(run_dir: str | Path, bad: CheckpointRejected) -> Path:
 
 def append_event(run_dir: str | Path, row: dict) -> None:
     """One event row in metrics.jsonl, written before the run's monitor opens the file."""
-    from pretrain.train.monitor import METRICS
+    from pretrain.train.monitor import METRICS, append_jsonl
 
-    with open(Path(run_dir) / METRICS, "a") as f:
-        f.write(json.dumps({**row, "time": time.time()}) + "\n")
+    append_jsonl(Path(run_dir) / METRICS, {**row, "time": time.time()})
 
 
 def resume_with_fallback(run_dir: str | Path, root: str | Path, load_dir: Path, auto: bool,
