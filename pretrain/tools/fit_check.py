@@ -744,7 +744,7 @@ def _hydra_main() -> None:
             sys.exit(REFUSED_EXIT_CODE)
         print(format_plan(result))
         if result.refusal:
-            print(f"\npretrain.plan: refused.\n{result.refusal}", file=sys.stderr)
+            print(f"\npretrain.tools.fit_check: refused.\n{result.refusal}", file=sys.stderr)
             sys.exit(REFUSED_EXIT_CODE)
 
     main()
