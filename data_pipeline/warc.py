@@ -80,8 +80,10 @@ def _record_row(rec: Any, index: int, source: str, extractor: str, limit: int) -
     if status != "200":
         return _drop(base, f"http_{status}", f"{http.statusline} {where}")
     content_type = http.get_header("Content-Type")
-    if _mime(content_type) not in HTML_TYPES:
-        return _drop(base, "not_html", f"{_mime(content_type) or 'no content type'} {where}")
+    # Common Crawl sniffs the payload type (WARC-Identified-Payload-Type): servers label PDFs text/html
+    mime = _mime(headers.get_header("WARC-Identified-Payload-Type") or content_type)
+    if mime not in HTML_TYPES:
+        return _drop(base, "not_html", f"{mime or 'no content type'} {where}")
     body = _read_body(rec.content_stream(), limit)
     if body is None:
         return _drop(base, "record_too_large", f"over {limit} bytes {where}")

@@ -178,7 +178,9 @@ def write_warc(path: Path, pages: list[dict]) -> None:
                 writer.write_record(rec)
             headers = [("Content-Type", spec["ctype"]), *spec.get("extra", [])]
             http = StatusAndHeaders(spec.get("status", "200 OK"), headers, protocol="HTTP/1.1")
-            warc_headers = {"WARC-Record-ID": record_id("resp", url), "WARC-Date": DATE}
+            warc_headers = {"WARC-Record-ID": record_id("resp", url), "WARC-Date": DATE,
+                            # Common Crawl's own sniffed type (readers trust it over the server's header)
+                            "WARC-Identified-Payload-Type": spec["ctype"].split(";")[0]}
             if spec.get("truncated"):
                 warc_headers["WARC-Truncated"] = "length"
             rec = writer.create_warc_record(url, "response", payload=io.BytesIO(spec["body"]), http_headers=http,
