@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
+
 HANS = "hans"
 HANT = "hant"
 SAMPLE_CHARS = 4000
@@ -34,10 +36,26 @@ def _changes(ch: str) -> tuple[bool, bool]:
     return converter("t2s").convert(ch) != ch, converter("s2t").convert(ch) != ch
 
 
+def _codes(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
 def detect_script(text: str) -> str:
-    """HANT when more characters are Traditional-only than Simplified-only, else HANS (ties: Simplified)."""
+    """HANT when more characters are Traditional-only than Simplified-only, else HANS (ties: Simplified).
+
+    Both conversions run once over the sample in OpenCC's C++ and are compared
+    position by position in numpy; only when a phrase rule changed the length
+    does it fall back to a (cached) per-character look-up.
+    """
+    sample = text[:SAMPLE_CHARS]
+    as_simp, as_trad = converter("t2s").convert(sample), converter("s2t").convert(sample)
+    if len(as_simp) == len(sample) == len(as_trad):
+        orig, s, t = _codes(sample), _codes(as_simp), _codes(as_trad)
+        trad = int(np.count_nonzero((s != orig) & (t == orig)))
+        simp = int(np.count_nonzero((t != orig) & (s == orig)))
+        return HANT if trad > simp else HANS
     trad = simp = 0
-    for ch in text[:SAMPLE_CHARS]:
+    for ch in sample:
         if "\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff":
             to_simp, to_trad = _changes(ch)
             trad += to_simp and not to_trad
