@@ -20,6 +20,7 @@ as for JSONL.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from typing import Any, Iterator
 
@@ -28,6 +29,8 @@ from data_pipeline.html_text import main_text
 from data_pipeline.urls import domain_of
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
+# <html lang="zh-CN">: what the page says of itself, kept as lang_hint (language id never trusts it)
+_HTML_LANG = re.compile(r"""<html[^>]*?\slang\s*=\s*["']?([A-Za-z]{2,3})\b""", re.IGNORECASE)
 STAGE = "warc"
 EXAMPLE_BYTES = 200
 
@@ -92,6 +95,8 @@ def _record_row(rec: Any, index: int, source: str, extractor: str, limit: int) -
     if not text:
         return _drop(base, "no_main_text", where)
     meta.update(content_type=content_type or "", charset=charset)
+    declared = _HTML_LANG.search(html[:4096])
+    base["lang_hint"] = declared.group(1).lower() if declared else ""
     return {**base, "kind": "record", "text": text, "meta": json.dumps(meta, ensure_ascii=False, sort_keys=True)}
 
 

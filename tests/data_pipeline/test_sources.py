@@ -75,3 +75,17 @@ def test_record_fields_reports_a_missing_text_field():
     assert record_fields({"title": "x"}, {"text_field": "content"}) == "text field 'content' missing"
     fields = record_fields({"content": "c", "title": "  "}, {"text_field": "content", "title_field": "title"})
     assert fields["text"] == "c" and fields["url"] is None and fields["meta"] is None
+
+
+def test_fineweb_parquet_keeps_url_and_metadata(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "fineweb_000.parquet"
+    pq.write_table(pa.table({"text": ["a page"], "id": ["<urn:uuid:1>"], "dump": ["CC-MAIN-2024-10"],
+                             "url": ["https://www.Example.org/p"], "language": ["en"], "language_score": [0.93]}), path)
+    rules = {"files": "*fineweb*", "meta_fields": ["dump", "language", "language_score"]}
+    (f,) = expand_inputs(str(path), [".parquet"], sources={"fineweb": rules})
+    (row,) = iter_records(str(path), _read_cfg(fineweb=rules), f.source)
+    assert (row["source"], row["id"], row["domain"]) == ("fineweb", "<urn:uuid:1>", "example.org")
+    assert json.loads(row["meta"]) == {"dump": "CC-MAIN-2024-10", "language": "en", "language_score": 0.93}

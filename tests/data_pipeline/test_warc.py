@@ -48,6 +48,7 @@ def test_documents_carry_url_domain_and_crawl_metadata(warc_rows):
     doc = docs["https://www.linuxnotes.example.org/tutorials/apt-basics"]
     assert doc["domain"] == "linuxnotes.example.org" and doc["id"].startswith("<urn:uuid:")
     assert '"warc_date": "2024-03-01T12:00:00Z"' in doc["meta"] and '"charset": "utf-8 (header)"' in doc["meta"]
+    assert doc["lang_hint"] == "en" and docs["https://wiki.example.hk/debian/5.html"]["lang_hint"] == "zh"  # <html lang>
 
 
 def test_boilerplate_is_not_in_the_extracted_text(warc_rows, gen):
