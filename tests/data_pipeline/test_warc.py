@@ -124,3 +124,23 @@ def test_an_uncompressed_warc_with_another_name_is_still_read_as_warc(tmp_path):
     plain.write_bytes(gzip.decompress(WARC.read_bytes()))
     rows = list(iter_records(str(plain), READ_CFG, "crawl"))
     assert len(rows) == 25 and sum(r["kind"] == "record" for r in rows) == 12
+
+
+def test_a_content_encoded_body_is_decoded_before_extraction(tmp_path):
+    import io
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    html = ("<html lang=en><body><article><h1>Encoded</h1><p>" + "A paragraph of a page sent gzip-encoded. " * 10
+            + "</p></article></body></html>").encode()
+    path = tmp_path / "encoded.warc.gz"
+    with open(path, "wb") as fh:
+        writer = WARCWriter(fh, gzip=True)
+        headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Encoding", "gzip")]
+        writer.write_record(writer.create_warc_record("https://a.example/", "response",
+                                                      payload=io.BytesIO(gzip.compress(html)),
+                                                      http_headers=StatusAndHeaders("200 OK", headers,
+                                                                                    protocol="HTTP/1.1")))
+    (row,) = iter_records(str(path), READ_CFG, "crawl")
+    assert row["kind"] == "record" and "A paragraph of a page sent gzip-encoded." in row["text"]
