@@ -20,6 +20,7 @@ from data_pipeline.stage import REGISTRY, DocumentStage
 from data_pipeline.stages import build_stages
 
 EXAMPLE_CHARS = 200
+DEDUP_TEXT = "_dedup_text"  # transient key of a kept row: the text dedup signs (not a column)
 # Columns every row has whatever stages run. lang/lang_score are here, not the language stage's: dedup
 # and the splits read them, so a run without language id still needs them ("" and 0.0).
 CORE_COLUMNS = (
@@ -28,7 +29,10 @@ CORE_COLUMNS = (
     pa.field("source", pa.string()), pa.field("lang", pa.string()), pa.field("lang_score", pa.float64()),
     pa.field("lang_hint", pa.string()), pa.field("status", pa.string()), pa.field("stage", pa.string()),
     pa.field("reason", pa.string()), pa.field("file", pa.string()), pa.field("line", pa.int64()),
-    pa.field("error", pa.string()), pa.field("n_chars", pa.int64()), pa.field("n_bytes", pa.int64()))
+    pa.field("error", pa.string()), pa.field("n_chars", pa.int64()), pa.field("n_bytes", pa.int64()),
+    # from the input where it has them (WARC headers, a record's url field): null otherwise. meta is a JSON
+    # object of the fields read.meta_fields keeps (WARC: crawl date, content type, how the charset was found).
+    pa.field("url", pa.string()), pa.field("domain", pa.string()), pa.field("meta", pa.string()))
 SIGN_COLUMNS = (pa.field("exact_hash", pa.uint64()), pa.field("bands", pa.list_(pa.uint64())),
                 pa.field("signature", pa.list_(pa.uint32())))
 
@@ -57,11 +61,14 @@ def clean_record(rec: dict, stages: list[DocumentStage], blank: dict[str, Any]) 
     # id is the input's own (kept as metadata, possibly repeated across files); doc_id is the pipeline's,
     # unique in a run whatever the input says, and the one dedup and the writer go by.
     row.update(file_key=rec["file_key"], id=rec.get("id"), doc_id=f"{rec['file_key']}:{rec.get('line')}",
-               source=rec.get("source"), lang_hint=rec.get("lang_hint"),
-               file=rec.get("file"), line=rec.get("line"), bands=[], signature=[])
+               source=rec.get("source"), lang_hint=rec.get("lang_hint"), url=rec.get("url"), domain=rec.get("domain"),
+               meta=rec.get("meta"), file=rec.get("file"), line=rec.get("line"), bands=[], signature=[])
     if rec["kind"] == "quarantine":
         row.update(status="quarantined", stage="read", reason="malformed", error=rec["error"],
                    text=rec.get("raw") or "", id=f"{rec['file']}:{rec['line']}")
+        return row
+    if rec["kind"] == "drop":  # not a document (a WARC request record, an HTTP 404): counted with its reason
+        row.update(status="dropped", stage=rec["stage"], reason=rec["reason"], text=(rec.get("text") or "")[:EXAMPLE_CHARS])
         return row
     text = rec["text"]
     for stage in stages:
@@ -69,8 +76,12 @@ def clean_record(rec: dict, stages: list[DocumentStage], blank: dict[str, Any]) 
         if reason:
             row.update(status="dropped", stage=stage.name, reason=reason, text=text[:EXAMPLE_CHARS])
             return row
+    key_text = text
+    for stage in stages:
+        key_text = stage.dedup_text(key_text, row)
     row.update(status="kept", text=text, n_chars=len(text), n_bytes=len(text.encode("utf-8")),
-               exact_hash=xxhash.xxh64_intdigest(dedup_key_text(text).encode("utf-8", "surrogatepass")))
+               exact_hash=xxhash.xxh64_intdigest(dedup_key_text(key_text).encode("utf-8", "surrogatepass")))
+    row[DEDUP_TEXT] = key_text
     return row
 
 
@@ -82,10 +93,12 @@ def clean_records(records: list[dict], cfg: Any) -> pa.Table:
     rows = [clean_record(rec, stages, blank) for rec in records]
     kept = [r for r in rows if r["status"] == "kept"]
     if kept and cfg.dedup.fuzzy:
-        shingles = [shingle_hashes(r["text"], r["lang"], cfg.dedup) for r in kept]
+        shingles = [shingle_hashes(r[DEDUP_TEXT], r["lang"], cfg.dedup) for r in kept]
         sigs = signatures(shingles, int(cfg.dedup.num_perm), int(cfg.dedup.seed))
         bands = band_hashes(sigs, int(cfg.dedup.bands), int(cfg.dedup.rows))
         for r, s, b, sig in zip(kept, shingles, bands, sigs):
             if len(s):  # no shingles: nothing to compare, never a near duplicate
                 r["bands"], r["signature"] = b.tolist(), sig.tolist()
+    for r in kept:
+        del r[DEDUP_TEXT]
     return pa.Table.from_pylist(rows, schema=schema)

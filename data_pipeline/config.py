@@ -6,6 +6,7 @@ here it costs nothing. Every error names the offending key.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -48,6 +49,21 @@ def validate(cfg: DictConfig) -> None:
                  and not OmegaConf.is_missing(cfg, key), key, "is required (e.g. input='data/*.jsonl.gz' output=/tmp/out)")
 
     stage_classes(list(cfg.stages))  # unknown, repeated or out-of-order names
+    from data_pipeline.html_text import EXTRACTORS
+
+    extractor = OmegaConf.select(cfg, "read.warc.extractor", default="trafilatura")
+    _require(extractor in EXTRACTORS, "read.warc.extractor", f"must be one of {sorted(EXTRACTORS)}")
+    for name, rules in (OmegaConf.select(cfg, "read.sources", default=None) or {}).items():
+        _require(hasattr(rules, "get") and bool(rules.get("files")), f"read.sources.{name}.files",
+                 "is required: a glob naming the files of this source")
+    if "url_filter" in cfg.stages:
+        for key in ("blocklist", "allowlist"):
+            path = OmegaConf.select(cfg, f"url_filter.{key}", default=None)
+            _require(not path or os.path.exists(os.path.expanduser(str(path))), f"url_filter.{key}",
+                     f"'{path}' does not exist")
+    if "zh_script" in cfg.stages:
+        convert = OmegaConf.select(cfg, "zh_script.convert", default=None)
+        _require(convert in (None, "none", "hans", "hant"), "zh_script.convert", "must be none, hans or hant")
     _require(0.0 <= float(cfg.normalize.max_bad_char_fraction) <= 1.0, "normalize.max_bad_char_fraction", "must be in [0, 1]")
     _require(len(cfg.language.allowed) > 0, "language.allowed", "must list at least one language")
     _require(int(cfg.language.max_bytes) > 0, "language.max_bytes", "must be positive")

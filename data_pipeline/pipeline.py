@@ -70,7 +70,7 @@ def run(cfg: DictConfig) -> dict:
     started = time.time()
     validate(cfg)
     skipped: list[dict] = []
-    files = expand_inputs(cfg.input, list(cfg.read.extensions), skipped)
+    files = expand_inputs(cfg.input, list(cfg.read.extensions), skipped, plain(cfg.read.get("sources") or {}))
     if not files:
         raise ConfigError(f"config key 'input': no file matches {cfg.input!r}")
     out = Path(str(cfg.output)).expanduser().resolve()

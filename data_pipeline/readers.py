@@ -22,6 +22,9 @@ from typing import Any, Iterator
 
 import xxhash
 
+from data_pipeline.formats import JSON_ARRAY, PARQUET, TEXT, WARC, detect_format, open_decompressed
+from data_pipeline.source_rules import record_fields, rules_for, source_for
+
 COMPRESSED = (".gz", ".zst")
 
 
@@ -39,7 +42,8 @@ def source_name(path: str) -> str:
     return Path(path).name.split(".")[0]
 
 
-def expand_inputs(spec: Any, extensions: list[str], skipped: list[dict] | None = None) -> list[InputFile]:
+def expand_inputs(spec: Any, extensions: list[str], skipped: list[dict] | None = None,
+                  sources: Any = None) -> list[InputFile]:
     """Resolve a path, glob, comma list or list of those into a sorted, de-duplicated file list.
 
     Sorting makes the file keys (and so resume and shard numbering) independent
@@ -49,6 +53,8 @@ def expand_inputs(spec: Any, extensions: list[str], skipped: list[dict] | None =
     know, or a subdirectory that cannot be listed, is never passed over in silence;
     nor is a pattern that matches nothing.
     Extensions match whatever their case (``F.JSONL`` is read).
+    A file matched by one of ``sources`` (``read.sources``: ``{name: {files: glob}}``)
+    is known by that name; any other by its stem.
     """
     skipped = [] if skipped is None else skipped
 
@@ -82,7 +88,8 @@ def expand_inputs(spec: Any, extensions: list[str], skipped: list[dict] | None =
     for index, path in enumerate(sorted(os.path.abspath(p) for p in paths)):
         digest = xxhash.xxh64_hexdigest(path.encode("utf-8", "surrogateescape"))[:8]
         stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in source_name(path))[:40]
-        files.append(InputFile(path=path, key=f"{index:05d}-{stem}-{digest}", source=source_name(path)))
+        files.append(InputFile(path=path, key=f"{index:05d}-{stem}-{digest}",
+                               source=source_for(path, sources) or source_name(path)))
     return files
 
 
@@ -103,7 +110,7 @@ def stable_id(file_name: str, line: int, text: str) -> str:
     return xxhash.xxh64_hexdigest(f"{file_name}\0{line}\0{text}".encode("utf-8", "surrogatepass"))
 
 
-class _ZstdFrames(io.RawIOBase):
+class ZstdFrames(io.RawIOBase):
     """Decompress zstd frames one after another; raise EOFError when the file ends inside a frame.
 
     zstandard's own ``stream_reader`` ends a truncated file with a silent short
@@ -159,12 +166,8 @@ class _ZstdFrames(io.RawIOBase):
 
 
 def _open_binary(path: str) -> io.BufferedIOBase:
-    lower = path.lower()
-    if lower.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if lower.endswith(".zst"):
-        return io.BufferedReader(_ZstdFrames(path), buffer_size=1 << 20)
-    return open(path, "rb")
+    """Decompressed bytes; gzip or zstd is told by the magic bytes, so a misnamed archive still reads."""
+    return open_decompressed(path)
 
 
 def _stream_error(exc: BaseException) -> str:
@@ -184,7 +187,7 @@ MAX_RECORD_BYTES = 64 << 20
 # Errors that concern a whole file, or all of it from some line on, rather than one record: the report
 # lists these per file (``file_problems``) besides counting them with the other quarantine rows.
 FILE_PROBLEMS = ("unreadable file", "empty file", "truncated archive", "corrupt archive", "unreadable stream",
-                 "unreadable parquet")
+                 "unreadable parquet", "bad JSON array", "unreadable warc")
 
 
 def is_file_problem(error: str | None) -> bool:
@@ -197,8 +200,14 @@ def _quarantine(path: str, line: int, error: str, raw: bytes = b"") -> dict:
 
 
 def iter_records(path: str, read_cfg: Any, default_source: str) -> Iterator[dict]:
-    """Yield {"kind": "record", id, text, source, lang_hint, line} or {"kind": "quarantine", ...}."""
-    name = os.path.basename(path).lower()
+    """Yield {"kind": "record", id, text, source, lang_hint, url, domain, meta, line}, {"kind": "quarantine", ...}
+    or {"kind": "drop", reason, ...} (a WARC record that is not a document, counted with its reason).
+
+    The format comes from the file's first bytes and its name (``formats.detect_format``), so an
+    explicitly named ``.warc.gz`` or WuDao ``.json`` array is read as what it is. The reading rules
+    (field names, metadata to keep) are those of the file's source (``read.sources``) over ``read``.
+    """
+    read_cfg = rules_for(read_cfg, default_source)
     try:
         size = os.path.getsize(path)  # follows links: a loop, a dangling link or a vanished file fails here
     except OSError as exc:
@@ -210,10 +219,21 @@ def iter_records(path: str, read_cfg: Any, default_source: str) -> Iterator[dict
     if size == 0:
         yield _quarantine(path, 0, "empty file")
         return
-    if ".parquet" in name:
+    try:
+        fmt = detect_format(path)
+    except OSError as exc:
+        yield _quarantine(path, 0, f"unreadable file: {type(exc).__name__}: {exc.strerror or exc}")
+        return
+    if fmt == PARQUET:
         yield from _iter_parquet(path, read_cfg, default_source)
-    elif ".txt" in name:
-        yield from _iter_text_file(path, default_source)
+    elif fmt == WARC:
+        from data_pipeline.warc import iter_warc
+
+        yield from iter_warc(path, read_cfg, default_source)
+    elif fmt == JSON_ARRAY:
+        yield from _iter_json_array(path, read_cfg, default_source)
+    elif fmt == TEXT:
+        yield from _iter_text_file(path, read_cfg, default_source)
     else:
         yield from _iter_jsonl(path, read_cfg, default_source)
 
@@ -276,9 +296,9 @@ def _parse_json_line(raw: bytes, path: str, name: str, line_no: int, read_cfg: A
         return _quarantine(path, line_no, f"bad JSON: expected an object, got {type(obj).__name__}", raw)
     rec = _record_from_mapping(obj, path, name, line_no, read_cfg, default_source, raw)
     if rec["kind"] == "record" and _SURROGATE_ESCAPE.search(raw):  # rare: only then pay for the check
-        for field in ("text", "id", "source", "lang_hint"):
+        for field in ("text", "id", "source", "lang_hint", "url", "meta"):
             try:
-                rec[field].encode("utf-8")
+                (rec.get(field) or "").encode("utf-8")
             except UnicodeEncodeError as exc:
                 return _quarantine(path, line_no, f"undecodable text: lone surrogate escape in '{field}' ({exc})", raw)
     return rec
@@ -286,16 +306,15 @@ def _parse_json_line(raw: bytes, path: str, name: str, line_no: int, read_cfg: A
 
 def _record_from_mapping(obj: dict, path: str, name: str, line_no: int, read_cfg: Any,
                          default_source: str, raw: bytes = b"") -> dict:
-    text = obj.get(read_cfg.text_field)
-    if not isinstance(text, str):
-        what = "missing" if text is None else f"not a string ({type(text).__name__})"
-        return _quarantine(path, line_no, f"text field '{read_cfg.text_field}' {what}", raw)
-    raw_id = obj.get(read_cfg.id_field)
+    fields = record_fields(obj, read_cfg)
+    if isinstance(fields, str):
+        return _quarantine(path, line_no, fields, raw)
+    text = fields["text"]
+    raw_id = fields.pop("raw_id")
     doc_id = str(raw_id) if raw_id not in (None, "") else stable_id(name, line_no, text)
-    source = obj.get(read_cfg.source_field) if read_cfg.source_field else None
-    hint = obj.get(read_cfg.lang_hint_field) if read_cfg.lang_hint_field else None
-    return {"kind": "record", "id": doc_id, "text": text, "line": line_no,
-            "source": str(source) if source else default_source, "lang_hint": str(hint) if hint else ""}
+    source = fields.pop("record_source")
+    return {"kind": "record", "id": doc_id, "line": line_no, "source": str(source) if source else default_source,
+            **fields}
 
 
 def _iter_parquet(path: str, read_cfg: Any, default_source: str) -> Iterator[dict]:
@@ -324,22 +343,91 @@ def _iter_parquet(path: str, read_cfg: Any, default_source: str) -> Iterator[dic
         yield _quarantine(path, 0, "empty file (parquet with no rows)")
 
 
-def _iter_text_file(path: str, default_source: str) -> Iterator[dict]:
-    """A plain-text file is one document: splitting it would cut documents at arbitrary lines."""
+TEXT_CHUNK = 1 << 20  # bytes decoded at a time: a text file is never held as bytes and str at once
+
+
+def _iter_text_file(path: str, read_cfg: Any, default_source: str) -> Iterator[dict]:
+    """A plain-text file is one document: splitting it would cut documents at arbitrary lines.
+
+    Read in 1 MiB pieces through an incremental UTF-8 decoder; a file whose text
+    passes ``read.max_record_bytes`` is quarantined as ``record too large`` after
+    being read past piece by piece, as an oversized JSON line is, never held whole.
+    """
+    import codecs
+
     name = os.path.basename(path)
+    limit = int(read_cfg.get("max_record_bytes") or MAX_RECORD_BYTES)
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    parts: list[str] = []
+    total = 0
+    head = b""
     try:
         with _open_binary(path) as fh:
-            data = fh.read()
+            while chunk := fh.read(TEXT_CHUNK):
+                if not head:
+                    head = chunk[:200]
+                total += len(chunk)
+                if total > limit:
+                    parts = []
+                    continue  # keep reading: the report gives the real size
+                try:
+                    parts.append(decoder.decode(chunk))
+                except UnicodeDecodeError as exc:
+                    yield _quarantine(path, 1, f"undecodable bytes: {exc} (in the piece at byte {total - len(chunk)})",
+                                      chunk[max(0, exc.start - 20):exc.start + 180])
+                    return
+            if total <= limit:
+                parts.append(decoder.decode(b"", final=True))
+    except UnicodeDecodeError as exc:  # a multi-byte character cut by the end of the file
+        yield _quarantine(path, 1, f"undecodable bytes: {exc} (at the end of the file)")
+        return
     except Exception as exc:
         yield _quarantine(path, 1, _stream_error(exc))
         return
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        yield _quarantine(path, 1, f"undecodable bytes: {exc}", data)
+    if total > limit:
+        yield _quarantine(path, 1, f"record too large: over {limit} bytes ({total} bytes; read.max_record_bytes)", head)
         return
+    text = "".join(parts)
     if not text.strip():
         yield _quarantine(path, 0, "empty file")
         return
     yield {"kind": "record", "id": stable_id(name, 1, text), "text": text, "line": 1,
-           "source": default_source, "lang_hint": ""}
+           "source": default_source, "lang_hint": "", "url": None, "domain": None, "meta": None}
+
+
+def _iter_json_array(path: str, read_cfg: Any, default_source: str) -> Iterator[dict]:
+    """A file holding one JSON array of records (WuDao 2.0): read element by element with ijson.
+
+    ijson parses incrementally, so a multi-GB array costs the memory of one
+    element, not of the file. ``line`` is the element's 1-based position. Malformed
+    JSON ends the array (no later element can be located), as a truncated
+    archive ends a JSONL file: one quarantine row says after which element.
+    """
+    import ijson
+
+    name = os.path.basename(path)
+    index = 0
+    try:
+        with _open_binary(path) as fh:
+            for obj in ijson.items(fh, "item", use_float=True):
+                index += 1
+                if not isinstance(obj, dict):
+                    yield _quarantine(path, index, f"bad JSON: expected an object, got {type(obj).__name__}",
+                                      json.dumps(obj, ensure_ascii=False)[:200].encode("utf-8"))
+                    continue
+                try:
+                    rec = _record_from_mapping(obj, path, name, index, read_cfg, default_source)
+                except Exception as exc:
+                    rec = _quarantine(path, index, f"unparseable record: {type(exc).__name__}: {exc}")
+                if rec["kind"] == "quarantine" and not rec["raw"]:
+                    rec["raw"] = json.dumps(obj, ensure_ascii=False)[:200]
+                yield rec
+    except ijson.common.IncompleteJSONError as exc:
+        what = "truncated archive" if "incomplete" in str(exc).lower() else "bad JSON array"
+        yield _quarantine(path, index + 1, f"{what} after element {index}: {exc}")
+        return
+    except Exception as exc:
+        yield _quarantine(path, index + 1, f"{_stream_error(exc)} after element {index}")
+        return
+    if index == 0:
+        yield _quarantine(path, 0, "empty file (a JSON array with no elements)")

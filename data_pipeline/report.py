@@ -66,6 +66,7 @@ def build_report(tally: dict, run_info: dict) -> dict:
         "kept_by_source": {s: {"documents": e["documents"], "bytes": e["bytes"], "langs": dict(sorted(e["langs"].items()))}
                            for s, e in sorted(tally["kept_by"].items())},
         "kept_by_lang": dict(sorted(langs.items())),
+        "kept_by_script": dict(sorted(tally.get("kept_by_script", {}).items())),  # Chinese: hans / hant
         "heldout_by_source": {s: {"documents": e["documents"], "bytes": e["bytes"], "langs": dict(sorted(e["langs"].items()))}
                               for s, e in sorted(tally["heldout_by"].items())},
         "pii_replacements": dict(sorted(tally["pii"].items())),
@@ -109,6 +110,9 @@ def report_markdown(report: dict) -> str:
         lines.append(f"| {source} | {entry['documents']} | {entry['bytes']} | {langs} |")
     lines += ["", "## Kept, by language", "", "| language | documents |", "|---|---:|"]
     lines += [f"| {lang} | {entry['documents']} |" for lang, entry in report["kept_by_lang"].items()]
+    if report.get("kept_by_script"):
+        lines += ["", "## Kept Chinese, by script", "", "| script | documents |", "|---|---:|"]
+        lines += [f"| {script} | {n} |" for script, n in report["kept_by_script"].items()]
     lines += ["", "## PII replacements (documents kept)", "", "| kind | replacements |", "|---|---:|"]
     lines += [f"| {kind} | {n} |" for kind, n in report["pii_replacements"].items()]
     lines += ["", "## Run", "", "```json", json.dumps({k: report[k] for k in ("files", "stage1", "dedup", "seconds")

@@ -45,6 +45,16 @@ class DocumentStage(ABC):
         anything that can be computed once belongs in ``__init__``.
         """
 
+    def dedup_text(self, text: str, row: dict[str, Any]) -> str:
+        """The form of a kept document's text that dedup hashes and shingles (default: the text itself).
+
+        Lets a stage make equivalent texts compare equal without changing what is
+        stored: zh_script hands dedup the Simplified form of Traditional Chinese.
+        Called in stage order on kept documents only, each stage given the
+        previous one's result.
+        """
+        return text
+
 
 def register(cls: type[DocumentStage]) -> type[DocumentStage]:
     """Class decorator: make ``cls`` selectable by its ``name`` in ``stages``."""

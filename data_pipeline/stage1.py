@@ -36,8 +36,10 @@ SUCCESS = "_SUCCESS"
 # First line of each _SUCCESS marker: the layout of the stage-1 rows. Bumped when a column that later
 # steps read is added (2: doc_id), so a resume redoes files committed by an older version instead of
 # failing in dedup on the missing column.
-STAGE1_FORMAT = "stage1-format 2"
-READ_COLUMNS = ("kind", "id", "text", "line", "source", "lang_hint", "file", "error", "raw")
+# 3: url, domain, meta, zh_script; rows dropped by the reader (WARC records that are not documents).
+STAGE1_FORMAT = "stage1-format 3"
+READ_COLUMNS = ("kind", "id", "text", "line", "source", "lang_hint", "url", "domain", "meta", "stage", "reason",
+                "file", "error", "raw")
 
 
 def stage1_dir(work: Path, key: str) -> Path:

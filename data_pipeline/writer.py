@@ -38,7 +38,7 @@ def _new_tally() -> dict:
             "dropped": defaultdict(lambda: {"count": 0, "examples": []}),
             "kept_by": defaultdict(lambda: {"documents": 0, "bytes": 0, "langs": defaultdict(int)}),
             "heldout_by": defaultdict(lambda: {"documents": 0, "bytes": 0, "langs": defaultdict(int)}),
-            "pii": defaultdict(int), "quarantine": []}
+            "kept_by_script": defaultdict(int), "pii": defaultdict(int), "quarantine": []}
 
 
 def _add_drop(tally: dict, stage: str, reason: str, doc_id: str, text: str) -> None:
@@ -94,6 +94,10 @@ def write_part(index: int, path: str, out_dir: str, removed: dict[str, str], hel
     tally["kept"], tally["heldout"] = len(train), len(heldout)
     _add_kept(tally["kept_by"], train)
     _add_kept(tally["heldout_by"], heldout)
+    if "zh_script" in train.column_names:  # hans/hant of kept Chinese documents
+        for script in train.column("zh_script").to_pylist():
+            if script:
+                tally["kept_by_script"][script] += 1
     for kind in PII_KINDS:
         tally["pii"][kind] += int(pc.sum(kept.column(f"pii_{kind}")).as_py() or 0)
     return _plain(tally)
@@ -126,5 +130,7 @@ def merge_tallies(tallies: list[dict]) -> dict:
                     into["langs"][lang] += n
         for kind, n in t["pii"].items():
             total["pii"][kind] += n
+        for script, n in t.get("kept_by_script", {}).items():
+            total["kept_by_script"][script] += n
         total["quarantine"].extend(t["quarantine"])
     return _plain(total)
