@@ -20,6 +20,7 @@ from pretrain import checkpoint as ckpt
 from pretrain.checkpoint import TrainProgress
 from pretrain.data import Datasets, microbatches
 from pretrain.train.forward import ForwardHooks, forward_step
+from pretrain.train.optim import step_with_grad_norm
 from pretrain.train.setup import device
 
 
@@ -147,7 +148,7 @@ class MegatronStep:
         self._params_synced = ParamsSynced(
             model, cfg.train.overlap_param_gather and cfg.parallel.use_distributed_optimizer)
         self.writer = ckpt.CheckpointWriter(cfg, cfg, async_save=cfg.checkpoint.async_save)
-        self._grad_norm: tuple[float | None] | None = None
+        self._grad_norm: tuple[bool, float | None] | None = None   # (found inf/nan, global norm)
 
     def _iterators(self, dataset, consumed: int) -> list[Iterator]:
         # Each virtual stage's chunk consumes the same microbatch sequence.
@@ -172,12 +173,16 @@ class MegatronStep:
     def grad_norm(self) -> float | None:
         if self._grad_norm is None:  # once per step: unscale/copy the grads, then one global norm
             found_inf = self.optimizer.prepare_grads()
-            norm = float("nan") if found_inf else self.optimizer.get_grad_norm()
-            self._grad_norm = (float(norm) if norm is not None else None,)
-        return self._grad_norm[0]
+            norm = None if found_inf else self.optimizer.get_grad_norm()
+            self._grad_norm = (found_inf, float(norm) if norm is not None else None)
+        found_inf, norm = self._grad_norm
+        return float("nan") if found_inf else norm
 
     def optimizer_step(self) -> tuple[bool, float]:
-        updated, grad_norm, _ = self.optimizer.step()
+        if self._grad_norm is None:
+            updated, grad_norm, _ = self.optimizer.step()
+        else:  # spike detection measured the norm already: clip with it, never compute it twice
+            updated, grad_norm = step_with_grad_norm(self.optimizer, *self._grad_norm)
         if updated:
             self.scheduler.step(increment=1)
         return updated, float(grad_norm) if grad_norm is not None else float("nan")

@@ -82,6 +82,29 @@ def build_scheduler(cfg: DictConfig, optimizer) -> OptimizerParamScheduler:
     )
 
 
+def step_with_grad_norm(optimizer, found_inf: bool, grad_norm: float | None) -> tuple[bool, float | None]:
+    """megatron's ``optimizer.step()`` for gradients already prepared and measured.
+
+    Spike detection needs the global grad norm *before* deciding whether to update;
+    megatron's ``step()`` would then copy the grads and all-reduce the norm a second
+    time. This is the rest of its step (clip by the known norm, update), written once
+    for plain and chained (μP groups) optimizers the way ``ChainedOptimizer.step`` does.
+    """
+    from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+
+    if found_inf:
+        return False, None
+    for inner in getattr(optimizer, "chained_optimizers", None) or [optimizer]:
+        if getattr(inner, "is_stub_optimizer", False) or inner.config.clip_grad <= 0.0:
+            continue
+        params = inner.get_parameters()
+        if params:
+            clip_grad_by_total_norm_fp32(
+                params, max_norm=inner.config.clip_grad, total_norm=grad_norm,
+                use_decoupled_grad=inner.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+    return optimizer.step_with_ready_grads(), grad_norm
+
+
 def _dtype_name(dtypes: set) -> str:
     names = sorted(str(d).removeprefix("torch.") for d in dtypes)
     return "+".join(names) if names else "none"
