@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import partial
 from typing import Callable, Literal
 
 import torch
@@ -40,16 +41,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from pretrain.config.resolve import padded_vocab_size, resolved_vocab_size  # noqa: F401 (re-exported)
 from pretrain.config.schema import typed, typed_model
 
-try:  # TransformerEngine is only on GPU clusters.
-    import transformer_engine  # noqa: F401
-    from megatron.core.extensions.transformer_engine import TENorm
-    from megatron.core.models.gpt.gpt_layer_specs import (
-        get_gpt_layer_with_transformer_engine_spec,
-    )
-
-    HAVE_TE = True
-except Exception:  # ImportError, or TE present but broken for this build
-    HAVE_TE = False
+from pretrain.model.fast_path import FastPath, fast_path_for
 
 ParamKind = Literal["matrix", "block_output", "embedding", "readout", "vector"]
 
@@ -75,9 +67,13 @@ def _leave_uninitialised(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def transformer_config_from(cfg: DictConfig) -> TransformerConfig:
-    """Map ``cfg.model`` + ``cfg.parallel`` (+ ``cfg.train`` precision/recompute) to megatron."""
+def transformer_config_from(cfg: DictConfig, fast_path: FastPath | None = None) -> TransformerConfig:
+    """Map ``cfg.model`` + ``cfg.parallel`` (+ ``cfg.train`` precision/recompute) to megatron.
+
+    The machine-dependent flags (fusions, FP8, TP comm overlap) come from ``fast_path``
+    (default: :func:`pretrain.model.fast_path.fast_path_for` this process's machine)."""
     cfg = typed(cfg, strict=False)
+    fast_path = fast_path or fast_path_for(cfg)
     m, p = cfg.model, cfg.parallel
     bf16 = cfg.train.bf16
     recompute = cfg.train.recompute
@@ -116,13 +112,7 @@ def transformer_config_from(cfg: DictConfig) -> TransformerConfig:
         add_qkv_bias=False,
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        apply_rope_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
-        cross_entropy_loss_fusion=False,
+        **fast_path.transformer_kwargs(),
         bf16=bf16,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
@@ -201,11 +191,11 @@ class SdpaAttention(MegatronModule):
         return out.permute(2, 0, 1, 3).reshape(s, b, -1)
 
 
-def layer_spec(use_transformer_engine: bool | None = None):
-    """One Tele-FLM transformer layer (TE spec on GPU clusters, local+SDPA otherwise)."""
-    if use_transformer_engine is None:
-        use_transformer_engine = HAVE_TE
+def layer_spec(use_transformer_engine: bool = False):
+    """One Tele-FLM transformer layer: megatron's TE spec, or local modules + SDPA + SP-aware RMSNorm."""
     if use_transformer_engine:
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
         return get_gpt_layer_with_transformer_engine_spec()
     spec = get_gpt_layer_local_spec(normalization="RMSNorm")
     spec.submodules.input_layernorm = TeleFLMRMSNorm
@@ -215,14 +205,16 @@ def layer_spec(use_transformer_engine: bool | None = None):
 
 
 def decoder_block_spec(config: TransformerConfig, vp_stage: int | None,
-                       use_transformer_engine: bool | None = None) -> TransformerBlockSubmodules:
-    if use_transformer_engine is None:
-        use_transformer_engine = HAVE_TE
+                       use_transformer_engine: bool = False) -> TransformerBlockSubmodules:
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
-    return TransformerBlockSubmodules(
-        layer_specs=[layer_spec(use_transformer_engine)] * num_layers,
-        layer_norm=TENorm if use_transformer_engine else TeleFLMRMSNorm,
-    )
+    if use_transformer_engine:
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        final_norm = TENorm
+    else:
+        final_norm = TeleFLMRMSNorm
+    return TransformerBlockSubmodules(layer_specs=[layer_spec(use_transformer_engine)] * num_layers,
+                                      layer_norm=final_norm)
 
 
 # ----------------------------------------------------------------------------
@@ -335,14 +327,17 @@ def build_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = 
     vocabulary is padded to ``make_vocab_size_divisible_by × TP``.
     """
     cfg = typed(cfg, strict=False)
-    config = transformer_config_from(cfg)
+    fast_path = fast_path_for(cfg)
+    config = transformer_config_from(cfg, fast_path)
     m = cfg.model
+    if block_spec is None:
+        block_spec = partial(decoder_block_spec, use_transformer_engine=fast_path.spec == "transformer_engine")
     tp = cfg.parallel.tensor_model_parallel_size
     vocab = resolved_vocab_size(m, tp)
     model = GPTModel(
         config=config,
         # block_spec: model growth swaps in its masked layers; everything else stays the same
-        transformer_layer_spec=(block_spec or decoder_block_spec)(config, vp_stage),
+        transformer_layer_spec=block_spec(config, vp_stage),
         vocab_size=vocab,
         max_sequence_length=m.seq_length,
         pre_process=pre_process,

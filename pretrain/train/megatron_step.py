@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from pretrain import checkpoint as ckpt
 from pretrain.checkpoint import TrainProgress
 from pretrain.data import Datasets, microbatches
+from pretrain.model.fast_path import fast_path_for, in_use
 from pretrain.train.forward import ForwardHooks, forward_step
 from pretrain.train.optim import step_with_grad_norm
 from pretrain.train.setup import device
@@ -54,9 +55,7 @@ def build_model_chunks(cfg: DictConfig, check_for_nan_in_grad: bool) -> list[tor
     if cfg.train.bf16:
         chunks = [Float16Module(config, chunk) for chunk in chunks]
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
-        overlap_grad_reduce=cfg.train.overlap_grad_reduce,
-        overlap_param_gather=cfg.train.overlap_param_gather and cfg.parallel.use_distributed_optimizer,
+        **fast_path_for(cfg).ddp_kwargs(),
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
         check_for_nan_in_grad=check_for_nan_in_grad,
     )
@@ -75,10 +74,11 @@ def wire_schedule_hooks(model: list, optimizer, cfg: DictConfig) -> None:
     config = model[0].config
     config.grad_scale_func = optimizer.scale_loss
     config.finalize_model_grads_func = finalize_model_grads
-    if cfg.train.overlap_grad_reduce:
+    fast_path = fast_path_for(cfg)
+    if fast_path.overlap_grad_reduce:
         no_sync = [chunk.no_sync for chunk in model]
         config.no_sync_func = no_sync[0] if len(model) == 1 else no_sync
-    if cfg.train.overlap_param_gather and cfg.parallel.use_distributed_optimizer:
+    if fast_path.overlap_param_gather:
         param_sync = [chunk.start_param_sync for chunk in model]
         config.param_sync_func = param_sync[0] if len(model) == 1 else param_sync
 
@@ -145,8 +145,7 @@ class MegatronStep:
         self.global_batch_size = t.global_batch_size
         self.num_microbatches = self.global_batch_size // (self.micro_batch_size * self.dp_size)
         self.seq_length = cfg.model.seq_length
-        self._params_synced = ParamsSynced(
-            model, cfg.train.overlap_param_gather and cfg.parallel.use_distributed_optimizer)
+        self._params_synced = ParamsSynced(model, fast_path_for(cfg).overlap_param_gather)
         self.writer = ckpt.CheckpointWriter(cfg, cfg, async_save=cfg.checkpoint.async_save)
         self._grad_norm: tuple[bool, float | None] | None = None   # (found inf/nan, global norm)
 
@@ -247,6 +246,7 @@ def build_megatron_model(cfg: DictConfig, check_for_nan_in_grad: bool):
     scheduler = build_scheduler(cfg, optimizer)
     wire_schedule_hooks(model, optimizer, cfg)
     layout = describe_optimizer(model, optimizer)  # collective; rank 0 logs it on the start row
+    layout["fast_path"] = in_use(model, optimizer)  # spec, attention, fusions, optimizer class actually built
     return model, optimizer, scheduler, layout
 
 

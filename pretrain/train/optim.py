@@ -13,6 +13,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from pretrain.config.schema import typed
+from pretrain.model.fast_path import fast_path_for
 
 _MEGATRON_DECAY_STYLE = {"cosine": "cosine", "wsd": "WSD", "constant": "constant"}
 
@@ -32,7 +33,7 @@ def optimizer_config_from(cfg: DictConfig) -> OptimizerConfig:
         bf16=t.bf16,
         params_dtype=torch.bfloat16 if t.bf16 else torch.float32,
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
-        overlap_param_gather=t.overlap_param_gather and cfg.parallel.use_distributed_optimizer,
+        overlap_param_gather=fast_path_for(cfg).overlap_param_gather,
     )
 
 
