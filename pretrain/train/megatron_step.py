@@ -25,11 +25,12 @@ from pretrain.train.optim import step_with_grad_norm
 from pretrain.train.setup import device
 
 
-def build_model_chunks(cfg: DictConfig, check_for_nan_in_grad: bool) -> list[torch.nn.Module]:
+def build_model_chunks(cfg: DictConfig, check_for_nan_in_grad: bool, initialize: bool = True) -> list[torch.nn.Module]:
     """This rank's model chunks (one per virtual pipeline stage), DDP-wrapped.
 
     ``check_for_nan_in_grad``: False when spike recovery handles a NaN gradient (skip or
-    roll back) instead of megatron raising on it."""
+    roll back) instead of megatron raising on it. ``initialize``: False when a checkpoint
+    of the same shape is loaded next (a grown model always initialises its new entries)."""
     from megatron.core import parallel_state
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.transformer.module import Float16Module
@@ -38,7 +39,8 @@ def build_model_chunks(cfg: DictConfig, check_for_nan_in_grad: bool) -> list[tor
     from pretrain.model.teleflm import build_model
 
     # A grown stage (cfg.growth, docs/growth.md) builds the MSG-masked model; same state dict.
-    builder = build_masked_model if growth_block(cfg) is not None else build_model
+    grown = growth_block(cfg) is not None
+    builder = build_masked_model if grown else partial(build_model, initialize=initialize)
     vpp = cfg.parallel.virtual_pipeline_model_parallel_size or None
     chunks = []
     for vp in range(vpp or 1):
@@ -237,11 +239,11 @@ class MegatronStep:
         ckpt.write_latest_marker(self.cfg.run_dir, iteration)
 
 
-def build_megatron_model(cfg: DictConfig, check_for_nan_in_grad: bool):
+def build_megatron_model(cfg: DictConfig, check_for_nan_in_grad: bool, initialize: bool = True):
     """(model chunks, optimizer, scheduler, layout): everything of the step but the data."""
     from pretrain.train.optim import build_optimizer, build_scheduler, describe_optimizer
 
-    model = build_model_chunks(cfg, check_for_nan_in_grad)
+    model = build_model_chunks(cfg, check_for_nan_in_grad, initialize)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     wire_schedule_hooks(model, optimizer, cfg)
@@ -270,7 +272,8 @@ def build_megatron_step(cfg: DictConfig, manifest: dict, spike_recovery_on: bool
     init_num_microbatches_calculator(rank, None, cfg.train.global_batch_size,
                                      cfg.train.micro_batch_size, cfg.parallel.data_parallel_size)
     # With spike recovery on, a NaN gradient is a handled event (skip/rollback), not a crash.
-    model, optimizer, scheduler, layout = build_megatron_model(cfg, check_for_nan_in_grad=not spike_recovery_on)
+    model, optimizer, scheduler, layout = build_megatron_model(
+        cfg, check_for_nan_in_grad=not spike_recovery_on, initialize=load_dir is None)
     progress = TrainProgress()
     if load_dir is not None:
         # load=auto: a checkpoint with a damaged file is moved aside and the previous one loaded
