@@ -21,7 +21,7 @@ from pretrain.checkpoint import TrainProgress
 from pretrain.data import Datasets, microbatches
 from pretrain.model.fast_path import fast_path_for, in_use
 from pretrain.train.forward import ForwardHooks, forward_step
-from pretrain.train.optim import step_with_grad_norm
+from pretrain.train.optim import group_lrs, restore_group_lrs, step_with_grad_norm
 from pretrain.train.setup import device
 
 
@@ -227,7 +227,7 @@ class MegatronStep:
 
     def load(self, path: Path) -> TrainProgress:
         """Verified first (integrity.json): a rollback into a damaged checkpoint raises naming the file."""
-        return ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.cfg)
+        return load_with_configured_lrs(path, self.model, self.optimizer, self.scheduler, self.cfg)
 
     def list_checkpoints(self) -> list[Path]:
         return ckpt.list_checkpoints(self.cfg.run_dir)
@@ -237,6 +237,14 @@ class MegatronStep:
 
     def mark_latest(self, iteration: int) -> None:
         ckpt.write_latest_marker(self.cfg.run_dir, iteration)
+
+
+def load_with_configured_lrs(path: Path, model: list, optimizer, scheduler, cfg: DictConfig) -> TrainProgress:
+    """Every load of a training checkpoint: its state, the config's group LRs (optim.restore_group_lrs)."""
+    configured = group_lrs(optimizer)
+    progress = ckpt.load_checkpoint(path, model, optimizer, scheduler, cfg)
+    restore_group_lrs(optimizer, scheduler, configured)
+    return progress
 
 
 def build_megatron_model(cfg: DictConfig, check_for_nan_in_grad: bool, initialize: bool = True):
@@ -279,7 +287,7 @@ def build_megatron_step(cfg: DictConfig, manifest: dict, spike_recovery_on: bool
         # load=auto: a checkpoint with a damaged file is moved aside and the previous one loaded
         progress, load_dir = ckpt.resume_with_fallback(
             run_dir, ckpt.checkpoints_root(run_dir), load_dir, auto=cfg.checkpoint.load == "auto",
-            load=lambda path: ckpt.load_checkpoint(path, model, optimizer, scheduler, cfg))
+            load=lambda path: load_with_configured_lrs(path, model, optimizer, scheduler, cfg))
         if rank == 0:
             print(f"resumed from {load_dir} at step {progress.iteration} "
                   f"({progress.consumed_samples} samples consumed)", flush=True)

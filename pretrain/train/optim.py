@@ -83,6 +83,31 @@ def build_scheduler(cfg: DictConfig, optimizer) -> OptimizerParamScheduler:
     )
 
 
+def group_lrs(optimizer) -> list[dict[str, float]]:
+    """Each param group's peak and floor LR (``max_lr``/``min_lr``, what the scheduler scales)."""
+    return [{key: float(group[key]) for key in ("max_lr", "min_lr") if key in group}
+            for group in optimizer.param_groups]
+
+
+def restore_group_lrs(optimizer, scheduler, configured: list[dict[str, float]]) -> None:
+    """Put back the group LRs the config gave the freshly built optimizer, after a load.
+
+    megatron's ``optimizer.load_state_dict`` restores every param group's hyperparameters
+    from the checkpoint. Under μP the matrix-like groups' LRs are a function of the width
+    (``lr_matrix / fan-in multiplier``): a checkpoint loaded into a wider model (growth, a
+    μP transfer) or a resume under changed LRs must run at the new config's LRs, not the
+    saved ones. The config is the truth, as for the schedule itself
+    (``override_opt_param_scheduler``); the scheduler then re-derives each group's LR.
+    """
+    groups = optimizer.param_groups
+    if len(groups) != len(configured):
+        raise RuntimeError(f"the checkpoint's optimizer has {len(groups)} param groups, the config builds "
+                           f"{len(configured)}: the μP grouping changed (train.lr, train.lr_matrix, model.mup.*)")
+    for group, values in zip(groups, configured):
+        group.update(values)
+    scheduler.step(increment=0)
+
+
 def step_with_grad_norm(optimizer, found_inf: bool, grad_norm: float | None) -> tuple[bool, float | None]:
     """megatron's ``optimizer.step()`` for gradients already prepared and measured.
 
