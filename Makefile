@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml
 	echo "torch==$(TORCH_VERSION)" > $(VENV)/constraints.txt
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[test]"
+	# A CUDA machine also gets TransformerEngine (train.gpu.spec=auto requires it there).
+	if nvidia-smi -L >/dev/null 2>&1; then \
+	  $(PY) -m pip install -q -c $(VENV)/constraints.txt --no-build-isolation -e ".[test,gpu]"; fi
 	$(PY) -c "import torch, megatron.core, ray, hydra, sentencepiece, transformers; print('environment ready: torch', torch.__version__, 'megatron-core', megatron.core.__version__)"
 	touch $(STAMP)
 

@@ -118,15 +118,15 @@ def shapes_for(run_cfg: DictConfig) -> Shapes:
 
 
 def tp_shard(full: torch.Tensor, param: torch.nn.Parameter) -> torch.Tensor:
-    """This rank's slice, by megatron's own rule (as pretrain.model.teleflm.initialize_parameters)."""
-    from megatron.core import parallel_state
+    """This rank's slice, by megatron's own rule (pretrain.model.sharded_init.shard_ranges)."""
+    from pretrain.model.sharded_init import shard_ranges
+    from pretrain.model.teleflm import tp_layout
 
-    tp_size = parallel_state.get_tensor_model_parallel_world_size()
-    if not (getattr(param, "tensor_model_parallel", False) and tp_size > 1):
+    dim, stride, tp_size, tp_rank = tp_layout(param)
+    if tp_size == 1:
         return full
-    rank = parallel_state.get_tensor_model_parallel_rank()
-    chunks = torch.chunk(full, getattr(param, "partition_stride", 1) * tp_size, dim=param.partition_dim)
-    return torch.cat(chunks[rank::tp_size], dim=param.partition_dim)
+    return torch.cat([full.narrow(dim, start, end - start)
+                      for start, end in shard_ranges(full.shape[dim], tp_size, tp_rank, stride)], dim=dim)
 
 
 @torch.no_grad()

@@ -70,6 +70,17 @@ class FaultConfig:
 
 
 @dataclass
+class GpuConfig:
+    """The GPU fast path (pretrain/model/fast_path.py, docs/gpu.md); a CPU run uses none of it."""
+    spec: str = "auto"                    # auto (CUDA: TransformerEngine, error if it is broken) | transformer_engine | local
+    fusions: bool = True                  # Megatron-LM's default kernel fusions, where the machine has the kernels
+    grad_reduce_dtype: str = "fp32"       # fp32 | bf16: dtype of the DP gradient reduce-scatter/all-reduce
+    tp_comm_overlap: bool = False         # TE userbuffer overlap of TP communication (TP>1, sequence parallel)
+    fp8: Optional[str] = None             # null | hybrid | e4m3: TE FP8 GEMMs (compute capability >= 8.9, e.g. H100)
+    fp8_recipe: str = "delayed"           # delayed | tensorwise | mxfp8 | blockwise
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and the loop (pretrain/train/, pretrain/train/optim.py)."""
     micro_batch_size: int = 4             # sequences per forward/backward on one DP rank
@@ -91,13 +102,14 @@ class TrainConfig:
     bf16: bool = False                    # true on GPUs (fp32 master weights); CPU bf16 matmuls are slow
     recompute: str = "none"               # none | selective | full (activation recomputation)
     overlap_grad_reduce: bool = True      # DDP bucketed grad reduce overlapped with backward
-    overlap_param_gather: bool = False    # distributed optimizer param all-gather overlapped with forward
+    overlap_param_gather: Optional[bool] = None  # distributed optimizer param all-gather overlapped with forward (null: on with CUDA)
     log_interval: int = 10                # console line every N steps (metrics.jsonl gets every step)
     eval_interval: int = 100              # held-out loss every N steps (0: never)
     eval_iters: int = 2                   # batches per held-out evaluation
     bpb_interval: int = 0                 # held-out loss/BPB per language and source every N steps; always at the end
     heldout_max_documents: Optional[int] = None  # score only the first N documents per held-out set (BPB: null)
     z_loss: float = 0.0                   # PaLM z-loss coefficient (1e-4): + c·log²Z per token; 0: off
+    gpu: GpuConfig = field(default_factory=GpuConfig)
     spikes: SpikesConfig = field(default_factory=SpikesConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
 

@@ -8,16 +8,16 @@ stock megatron-core layer spec, so checkpoints and parameter names are
 megatron-core's standard ones (the HF exporter maps those names).
 
 Initialisation is done by :func:`initialize_parameters` after the model is
-built, from a generator seeded by each parameter's *global* name.  Every rank
-builds the full (unsharded) tensor and keeps its shard, so the same seed gives
-the same network at TP1, TP2, PP2, ... and losses can be compared across
-layouts.  μP work plugs in through :func:`init_method_for`.
+built (and skipped when a checkpoint is about to replace it), block by block from
+generators seeded by each parameter's *global* name and the block's position in
+the full tensor.  Every rank draws only its shard, yet the same seed gives the
+same network at TP1, TP2, PP2, ... so losses can be compared across layouts.  μP work plugs in through :func:`init_method_for`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
+from functools import partial
 from typing import Callable, Literal
 
 import torch
@@ -40,16 +40,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from pretrain.config.resolve import padded_vocab_size, resolved_vocab_size  # noqa: F401 (re-exported)
 from pretrain.config.schema import typed, typed_model
 
-try:  # TransformerEngine is only on GPU clusters.
-    import transformer_engine  # noqa: F401
-    from megatron.core.extensions.transformer_engine import TENorm
-    from megatron.core.models.gpt.gpt_layer_specs import (
-        get_gpt_layer_with_transformer_engine_spec,
-    )
-
-    HAVE_TE = True
-except Exception:  # ImportError, or TE present but broken for this build
-    HAVE_TE = False
+from pretrain.model.fast_path import FastPath, fast_path_for
+from pretrain.model.sharded_init import init_shard, shard_ranges
 
 ParamKind = Literal["matrix", "block_output", "embedding", "readout", "vector"]
 
@@ -75,9 +67,13 @@ def _leave_uninitialised(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def transformer_config_from(cfg: DictConfig) -> TransformerConfig:
-    """Map ``cfg.model`` + ``cfg.parallel`` (+ ``cfg.train`` precision/recompute) to megatron."""
+def transformer_config_from(cfg: DictConfig, fast_path: FastPath | None = None) -> TransformerConfig:
+    """Map ``cfg.model`` + ``cfg.parallel`` (+ ``cfg.train`` precision/recompute) to megatron.
+
+    The machine-dependent flags (fusions, FP8, TP comm overlap) come from ``fast_path``
+    (default: :func:`pretrain.model.fast_path.fast_path_for` this process's machine)."""
     cfg = typed(cfg, strict=False)
+    fast_path = fast_path or fast_path_for(cfg)
     m, p = cfg.model, cfg.parallel
     bf16 = cfg.train.bf16
     recompute = cfg.train.recompute
@@ -116,13 +112,7 @@ def transformer_config_from(cfg: DictConfig) -> TransformerConfig:
         add_qkv_bias=False,
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        apply_rope_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
-        cross_entropy_loss_fusion=False,
+        **fast_path.transformer_kwargs(),
         bf16=bf16,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
@@ -201,11 +191,11 @@ class SdpaAttention(MegatronModule):
         return out.permute(2, 0, 1, 3).reshape(s, b, -1)
 
 
-def layer_spec(use_transformer_engine: bool | None = None):
-    """One Tele-FLM transformer layer (TE spec on GPU clusters, local+SDPA otherwise)."""
-    if use_transformer_engine is None:
-        use_transformer_engine = HAVE_TE
+def layer_spec(use_transformer_engine: bool = False):
+    """One Tele-FLM transformer layer: megatron's TE spec, or local modules + SDPA + SP-aware RMSNorm."""
     if use_transformer_engine:
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
         return get_gpt_layer_with_transformer_engine_spec()
     spec = get_gpt_layer_local_spec(normalization="RMSNorm")
     spec.submodules.input_layernorm = TeleFLMRMSNorm
@@ -215,14 +205,16 @@ def layer_spec(use_transformer_engine: bool | None = None):
 
 
 def decoder_block_spec(config: TransformerConfig, vp_stage: int | None,
-                       use_transformer_engine: bool | None = None) -> TransformerBlockSubmodules:
-    if use_transformer_engine is None:
-        use_transformer_engine = HAVE_TE
+                       use_transformer_engine: bool = False) -> TransformerBlockSubmodules:
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
-    return TransformerBlockSubmodules(
-        layer_specs=[layer_spec(use_transformer_engine)] * num_layers,
-        layer_norm=TENorm if use_transformer_engine else TeleFLMRMSNorm,
-    )
+    if use_transformer_engine:
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        final_norm = TENorm
+    else:
+        final_norm = TeleFLMRMSNorm
+    return TransformerBlockSubmodules(layer_specs=[layer_spec(use_transformer_engine)] * num_layers,
+                                      layer_norm=final_norm)
 
 
 # ----------------------------------------------------------------------------
@@ -255,38 +247,36 @@ def global_parameter_names(model: GPTModel) -> dict[str, str]:
     return names
 
 
-def _seed_for(seed: int, global_name: str) -> int:
-    digest = hashlib.sha256(f"{seed}:{global_name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+def tp_layout(param: torch.nn.Parameter) -> tuple[int, int, int, int]:
+    """(partition dim, stride, TP size, TP rank) of one parameter; non-TP ones are whole (TP1, dim 0).
+
+    megatron tags TP layers' weights even at TP1, so the blocking dimension of a tensor
+    (and with it every value :mod:`pretrain.model.sharded_init` draws) is the same in
+    every layout."""
+    if not getattr(param, "tensor_model_parallel", False):
+        return 0, 1, 1, 0
+    return (param.partition_dim, getattr(param, "partition_stride", 1),
+            parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank())
 
 
 @torch.no_grad()
 def initialize_parameters(model: GPTModel, model_cfg: DictConfig, seed: int) -> None:
-    """Layout-independent init: build each full tensor from its own seed, keep this rank's shard.
+    """Layout-independent init of this rank's shards only (:mod:`pretrain.model.sharded_init`).
 
-    The shard rule is megatron's own (``_initialize_affine_weight_cpu``): split
-    the full tensor along ``partition_dim`` into ``stride × TP`` chunks and
-    take every TP-th one starting at this rank (stride 2 keeps SwiGLU's
-    [gate; up] halves paired on each rank).
+    Each tensor's values are a function of (seed, its global name, position in the full
+    tensor): TP1, TP2, PP2, ... build the same network, and a rank draws only its share.
     """
-    tp_size = parallel_state.get_tensor_model_parallel_world_size()
-    tp_rank = parallel_state.get_tensor_model_parallel_rank()
     global_names = global_parameter_names(model)
     for name, param in model.named_parameters():
         global_name = global_names[name]
         init = init_method_for(model_cfg, param_kind(global_name), global_name)
-        is_tp = getattr(param, "tensor_model_parallel", False) and tp_size > 1
+        dim, stride, tp_size, tp_rank = tp_layout(param)
         full_shape = list(param.shape)
-        if is_tp:
-            full_shape[param.partition_dim] *= tp_size
-        generator = torch.Generator(device="cpu").manual_seed(_seed_for(seed, global_name))
-        full = torch.empty(full_shape, dtype=torch.float32)
-        init(full, generator)
-        if is_tp:
-            stride = getattr(param, "partition_stride", 1)
-            chunks = torch.chunk(full, stride * tp_size, dim=param.partition_dim)
-            full = torch.cat(chunks[tp_rank::tp_size], dim=param.partition_dim)
-        param.copy_(full.to(device=param.device, dtype=param.dtype))
+        full_shape[dim] *= tp_size
+        shard = torch.empty(param.shape, dtype=torch.float32)
+        init_shard(shard, full_shape, dim, shard_ranges(full_shape[dim], tp_size, tp_rank, stride),
+                   init, seed, global_name)
+        param.copy_(shard.to(device=param.device, dtype=param.dtype))
 
 
 # ----------------------------------------------------------------------------
@@ -328,21 +318,24 @@ def _mask_padded_vocab(first_padded_column: int):
 def build_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = True,
                 vp_stage: int | None = None,
                 block_spec: Callable[[TransformerConfig, int | None], TransformerBlockSubmodules] | None = None,
-                ) -> GPTModel:
+                initialize: bool = True) -> GPTModel:
     """Build this rank's (pipeline stage's, virtual stage's) slice of Tele-FLM.
 
     Needs ``parallel_state`` initialised (TP/PP sizes come from it).  The
     vocabulary is padded to ``make_vocab_size_divisible_by × TP``.
     """
     cfg = typed(cfg, strict=False)
-    config = transformer_config_from(cfg)
+    fast_path = fast_path_for(cfg)
+    config = transformer_config_from(cfg, fast_path)
     m = cfg.model
+    if block_spec is None:
+        block_spec = partial(decoder_block_spec, use_transformer_engine=fast_path.spec == "transformer_engine")
     tp = cfg.parallel.tensor_model_parallel_size
     vocab = resolved_vocab_size(m, tp)
     model = GPTModel(
         config=config,
         # block_spec: model growth swaps in its masked layers; everything else stays the same
-        transformer_layer_spec=(block_spec or decoder_block_spec)(config, vp_stage),
+        transformer_layer_spec=block_spec(config, vp_stage),
         vocab_size=vocab,
         max_sequence_length=m.seq_length,
         pre_process=pre_process,
@@ -353,7 +346,8 @@ def build_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = 
         rotary_base=m.rotary_base,
         vp_stage=vp_stage,
     )
-    initialize_parameters(model, m, seed=cfg.train.seed)
+    if initialize:  # False when a checkpoint of this shape is loaded next: drawing values is wasted start-up
+        initialize_parameters(model, m, seed=cfg.train.seed)
     input_mult = m.input_mult
     if pre_process and input_mult != 1.0:
         model.embedding.register_forward_hook(_scale_output(input_mult))

@@ -5,6 +5,8 @@ A step, seen from a callback::
     before_step(step)                      data position, masks, faults for this step
     lr_factor(step)                        multiplied together; the loop applies the product
     -- forward and backward --
+    local_flags(step, loss)                -> {name: bool}; the loop agrees them in ONE all-reduce
+                                           and every rank reads the result as trainer.flags
     before_optimizer_step(step, loss)      -> Decision: continue, skip, roll back, stop
     -- the update (only on CONTINUE) --
     after_step(outcome)                    metrics, evaluation, checkpoints, recovery
@@ -35,6 +37,7 @@ class TrainerView(Protocol):
     train_iters: int
     global_batch_size: int
     tokens_per_step: int
+    flags: dict[str, bool]   # this step's agreed flags: raised on any rank -> True on every rank
 
     def callback_state(self) -> dict[str, Any]: ...
 
@@ -76,6 +79,10 @@ class Callback:
 
     def lr_factor(self, step: int) -> float:
         return 1.0
+
+    def local_flags(self, trainer: TrainerView, step: int, loss: float) -> dict[str, bool]:
+        """Conditions this rank sees that every rank must act on; the same names on every rank."""
+        return {}
 
     def before_optimizer_step(self, trainer: TrainerView, step: int, loss: float) -> Decision:
         return Decision.CONTINUE

@@ -10,6 +10,7 @@ import torch
 from pretrain.checkpoint import TrainProgress
 from pretrain.train.backend import TrainStep
 from pretrain.train.callback import Callback, Decision, StepOutcome
+from pretrain.train.flags import agree_flags
 
 
 class Trainer:
@@ -19,6 +20,7 @@ class Trainer:
         self.train_iters, self.global_batch_size = train_iters, global_batch_size
         self.tokens_per_step = global_batch_size * seq_length
         self._lr_scaled = False
+        self.flags: dict[str, bool] = {}
 
     def fit(self) -> None:
         for callback in self.callbacks:
@@ -30,6 +32,7 @@ class Trainer:
             lr = self._set_lr(step)
             started = time.perf_counter()
             loss = self.step.forward_backward(self.progress.consumed_samples)
+            self.flags = agree_flags(self._local_flags(step, loss))
             decision, decided_by = self._decide(step, loss)
             if decision is Decision.CONTINUE:
                 updated, grad_norm = self.step.optimizer_step()
@@ -45,6 +48,12 @@ class Trainer:
                 callback.after_step(self, outcome)
         for callback in reversed(self.callbacks):
             callback.on_end(self)
+
+    def _local_flags(self, step: int, loss: float) -> dict[str, bool]:
+        flags: dict[str, bool] = {}
+        for callback in self.callbacks:
+            flags.update(callback.local_flags(self, step, loss))
+        return flags
 
     def _decide(self, step: int, loss: float) -> tuple[Decision, Callback | None]:
         for callback in self.callbacks:

@@ -19,15 +19,18 @@ from omegaconf import DictConfig
 from pretrain import checkpoint as ckpt
 from pretrain.checkpoint import TrainProgress
 from pretrain.data import Datasets, microbatches
+from pretrain.model.fast_path import fast_path_for, in_use
 from pretrain.train.forward import ForwardHooks, forward_step
+from pretrain.train.optim import group_lrs, restore_group_lrs, step_with_grad_norm
 from pretrain.train.setup import device
 
 
-def build_model_chunks(cfg: DictConfig, check_for_nan_in_grad: bool) -> list[torch.nn.Module]:
+def build_model_chunks(cfg: DictConfig, check_for_nan_in_grad: bool, initialize: bool = True) -> list[torch.nn.Module]:
     """This rank's model chunks (one per virtual pipeline stage), DDP-wrapped.
 
     ``check_for_nan_in_grad``: False when spike recovery handles a NaN gradient (skip or
-    roll back) instead of megatron raising on it."""
+    roll back) instead of megatron raising on it. ``initialize``: False when a checkpoint
+    of the same shape is loaded next (a grown model always initialises its new entries)."""
     from megatron.core import parallel_state
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.transformer.module import Float16Module
@@ -36,7 +39,8 @@ def build_model_chunks(cfg: DictConfig, check_for_nan_in_grad: bool) -> list[tor
     from pretrain.model.teleflm import build_model
 
     # A grown stage (cfg.growth, docs/growth.md) builds the MSG-masked model; same state dict.
-    builder = build_masked_model if growth_block(cfg) is not None else build_model
+    grown = growth_block(cfg) is not None
+    builder = build_masked_model if grown else partial(build_model, initialize=initialize)
     vpp = cfg.parallel.virtual_pipeline_model_parallel_size or None
     chunks = []
     for vp in range(vpp or 1):
@@ -53,9 +57,7 @@ def build_model_chunks(cfg: DictConfig, check_for_nan_in_grad: bool) -> list[tor
     if cfg.train.bf16:
         chunks = [Float16Module(config, chunk) for chunk in chunks]
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
-        overlap_grad_reduce=cfg.train.overlap_grad_reduce,
-        overlap_param_gather=cfg.train.overlap_param_gather and cfg.parallel.use_distributed_optimizer,
+        **fast_path_for(cfg).ddp_kwargs(),
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
         check_for_nan_in_grad=check_for_nan_in_grad,
     )
@@ -74,10 +76,11 @@ def wire_schedule_hooks(model: list, optimizer, cfg: DictConfig) -> None:
     config = model[0].config
     config.grad_scale_func = optimizer.scale_loss
     config.finalize_model_grads_func = finalize_model_grads
-    if cfg.train.overlap_grad_reduce:
+    fast_path = fast_path_for(cfg)
+    if fast_path.overlap_grad_reduce:
         no_sync = [chunk.no_sync for chunk in model]
         config.no_sync_func = no_sync[0] if len(model) == 1 else no_sync
-    if cfg.train.overlap_param_gather and cfg.parallel.use_distributed_optimizer:
+    if fast_path.overlap_param_gather:
         param_sync = [chunk.start_param_sync for chunk in model]
         config.param_sync_func = param_sync[0] if len(model) == 1 else param_sync
 
@@ -144,10 +147,9 @@ class MegatronStep:
         self.global_batch_size = t.global_batch_size
         self.num_microbatches = self.global_batch_size // (self.micro_batch_size * self.dp_size)
         self.seq_length = cfg.model.seq_length
-        self._params_synced = ParamsSynced(
-            model, cfg.train.overlap_param_gather and cfg.parallel.use_distributed_optimizer)
+        self._params_synced = ParamsSynced(model, fast_path_for(cfg).overlap_param_gather)
         self.writer = ckpt.CheckpointWriter(cfg, cfg, async_save=cfg.checkpoint.async_save)
-        self._grad_norm: tuple[float | None] | None = None
+        self._grad_norm: tuple[bool, float | None] | None = None   # (found inf/nan, global norm)
 
     def _iterators(self, dataset, consumed: int) -> list[Iterator]:
         # Each virtual stage's chunk consumes the same microbatch sequence.
@@ -172,12 +174,16 @@ class MegatronStep:
     def grad_norm(self) -> float | None:
         if self._grad_norm is None:  # once per step: unscale/copy the grads, then one global norm
             found_inf = self.optimizer.prepare_grads()
-            norm = float("nan") if found_inf else self.optimizer.get_grad_norm()
-            self._grad_norm = (float(norm) if norm is not None else None,)
-        return self._grad_norm[0]
+            norm = None if found_inf else self.optimizer.get_grad_norm()
+            self._grad_norm = (found_inf, float(norm) if norm is not None else None)
+        found_inf, norm = self._grad_norm
+        return float("nan") if found_inf else norm
 
     def optimizer_step(self) -> tuple[bool, float]:
-        updated, grad_norm, _ = self.optimizer.step()
+        if self._grad_norm is None:
+            updated, grad_norm, _ = self.optimizer.step()
+        else:  # spike detection measured the norm already: clip with it, never compute it twice
+            updated, grad_norm = step_with_grad_norm(self.optimizer, *self._grad_norm)
         if updated:
             self.scheduler.step(increment=1)
         return updated, float(grad_norm) if grad_norm is not None else float("nan")
@@ -221,7 +227,7 @@ class MegatronStep:
 
     def load(self, path: Path) -> TrainProgress:
         """Verified first (integrity.json): a rollback into a damaged checkpoint raises naming the file."""
-        return ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.cfg)
+        return load_with_configured_lrs(path, self.model, self.optimizer, self.scheduler, self.cfg)
 
     def list_checkpoints(self) -> list[Path]:
         return ckpt.list_checkpoints(self.cfg.run_dir)
@@ -233,15 +239,24 @@ class MegatronStep:
         ckpt.write_latest_marker(self.cfg.run_dir, iteration)
 
 
-def build_megatron_model(cfg: DictConfig, check_for_nan_in_grad: bool):
+def load_with_configured_lrs(path: Path, model: list, optimizer, scheduler, cfg: DictConfig) -> TrainProgress:
+    """Every load of a training checkpoint: its state, the config's group LRs (optim.restore_group_lrs)."""
+    configured = group_lrs(optimizer)
+    progress = ckpt.load_checkpoint(path, model, optimizer, scheduler, cfg)
+    restore_group_lrs(optimizer, scheduler, configured)
+    return progress
+
+
+def build_megatron_model(cfg: DictConfig, check_for_nan_in_grad: bool, initialize: bool = True):
     """(model chunks, optimizer, scheduler, layout): everything of the step but the data."""
     from pretrain.train.optim import build_optimizer, build_scheduler, describe_optimizer
 
-    model = build_model_chunks(cfg, check_for_nan_in_grad)
+    model = build_model_chunks(cfg, check_for_nan_in_grad, initialize)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     wire_schedule_hooks(model, optimizer, cfg)
     layout = describe_optimizer(model, optimizer)  # collective; rank 0 logs it on the start row
+    layout["fast_path"] = in_use(model, optimizer)  # spec, attention, fusions, optimizer class actually built
     return model, optimizer, scheduler, layout
 
 
@@ -265,13 +280,14 @@ def build_megatron_step(cfg: DictConfig, manifest: dict, spike_recovery_on: bool
     init_num_microbatches_calculator(rank, None, cfg.train.global_batch_size,
                                      cfg.train.micro_batch_size, cfg.parallel.data_parallel_size)
     # With spike recovery on, a NaN gradient is a handled event (skip/rollback), not a crash.
-    model, optimizer, scheduler, layout = build_megatron_model(cfg, check_for_nan_in_grad=not spike_recovery_on)
+    model, optimizer, scheduler, layout = build_megatron_model(
+        cfg, check_for_nan_in_grad=not spike_recovery_on, initialize=load_dir is None)
     progress = TrainProgress()
     if load_dir is not None:
         # load=auto: a checkpoint with a damaged file is moved aside and the previous one loaded
         progress, load_dir = ckpt.resume_with_fallback(
             run_dir, ckpt.checkpoints_root(run_dir), load_dir, auto=cfg.checkpoint.load == "auto",
-            load=lambda path: ckpt.load_checkpoint(path, model, optimizer, scheduler, cfg))
+            load=lambda path: load_with_configured_lrs(path, model, optimizer, scheduler, cfg))
         if rank == 0:
             print(f"resumed from {load_dir} at step {progress.iteration} "
                   f"({progress.consumed_samples} samples consumed)", flush=True)

@@ -13,6 +13,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from pretrain.config.schema import typed
+from pretrain.model.fast_path import fast_path_for
 
 _MEGATRON_DECAY_STYLE = {"cosine": "cosine", "wsd": "WSD", "constant": "constant"}
 
@@ -32,7 +33,7 @@ def optimizer_config_from(cfg: DictConfig) -> OptimizerConfig:
         bf16=t.bf16,
         params_dtype=torch.bfloat16 if t.bf16 else torch.float32,
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
-        overlap_param_gather=t.overlap_param_gather and cfg.parallel.use_distributed_optimizer,
+        overlap_param_gather=fast_path_for(cfg).overlap_param_gather,
     )
 
 
@@ -80,6 +81,54 @@ def build_scheduler(cfg: DictConfig, optimizer) -> OptimizerParamScheduler:
         override_opt_param_scheduler=True,
         **wsd_kwargs,
     )
+
+
+def group_lrs(optimizer) -> list[dict[str, float]]:
+    """Each param group's peak and floor LR (``max_lr``/``min_lr``, what the scheduler scales)."""
+    return [{key: float(group[key]) for key in ("max_lr", "min_lr") if key in group}
+            for group in optimizer.param_groups]
+
+
+def restore_group_lrs(optimizer, scheduler, configured: list[dict[str, float]]) -> None:
+    """Put back the group LRs the config gave the freshly built optimizer, after a load.
+
+    megatron's ``optimizer.load_state_dict`` restores every param group's hyperparameters
+    from the checkpoint. Under μP the matrix-like groups' LRs are a function of the width
+    (``lr_matrix / fan-in multiplier``): a checkpoint loaded into a wider model (growth, a
+    μP transfer) or a resume under changed LRs must run at the new config's LRs, not the
+    saved ones. The config is the truth, as for the schedule itself
+    (``override_opt_param_scheduler``); the scheduler then re-derives each group's LR.
+    """
+    groups = optimizer.param_groups
+    if len(groups) != len(configured):
+        raise RuntimeError(f"the checkpoint's optimizer has {len(groups)} param groups, the config builds "
+                           f"{len(configured)}: the μP grouping changed (train.lr, train.lr_matrix, model.mup.*)")
+    for group, values in zip(groups, configured):
+        group.update(values)
+    scheduler.step(increment=0)
+
+
+def step_with_grad_norm(optimizer, found_inf: bool, grad_norm: float | None) -> tuple[bool, float | None]:
+    """megatron's ``optimizer.step()`` for gradients already prepared and measured.
+
+    Spike detection needs the global grad norm *before* deciding whether to update;
+    megatron's ``step()`` would then copy the grads and all-reduce the norm a second
+    time. This is the rest of its step (clip by the known norm, update), written once
+    for plain and chained (μP groups) optimizers the way ``ChainedOptimizer.step`` does.
+    """
+    from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+
+    if found_inf:
+        return False, None
+    for inner in getattr(optimizer, "chained_optimizers", None) or [optimizer]:
+        if getattr(inner, "is_stub_optimizer", False) or inner.config.clip_grad <= 0.0:
+            continue
+        params = inner.get_parameters()
+        if params:
+            clip_grad_by_total_norm_fp32(
+                params, max_norm=inner.config.clip_grad, total_norm=grad_norm,
+                use_decoupled_grad=inner.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+    return optimizer.step_with_ready_grads(), grad_norm
 
 
 def _dtype_name(dtypes: set) -> str:

@@ -27,7 +27,7 @@ After ``max_recoveries`` flagged events inside ``recovery_window`` steps the run
 stops with a clear message instead of looping.
 
 All ranks must reach the same decision: the loop reduces the flag across the
-world (``agree``) before acting, and the inputs (the DP-averaged loss and the
+world (with every other per-step flag, :mod:`pretrain.train.flags`) before acting, and the inputs (the DP-averaged loss and the
 global gradient norm) are the same on every rank anyway.
 """
 
@@ -188,20 +188,6 @@ class RecoveryPlanner:
     def load_state_dict(self, state: dict) -> None:
         self.events = list(state.get("events", []))
         self.level = int(state.get("level", 0))
-
-
-def agree(flag: bool) -> bool:
-    """True on every rank if any rank raised the flag (a MAX all-reduce), else the flag itself."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0])
-    if torch.cuda.is_available():
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item() > 0)
 
 
 class SpikeStop(RuntimeError):

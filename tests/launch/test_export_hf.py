@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from launch.weight_mapping import Shapes, merge_qkv, split_qkv
+from tests.helpers.launch import skip_unless_ranks_fit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-4
@@ -38,6 +39,7 @@ def run(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def tp2_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("tp2_run")
+    skip_unless_ranks_fit(2, cpu_only="checkpoint_worker.py builds its own gloo group")
     run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         str(REPO_ROOT / "tests/launch/checkpoint_worker.py"), str(run_dir))
     return run_dir

@@ -28,8 +28,10 @@ class Metrics(Callback):
         self.world = dist.get_world_size()
         self.wall_start = time.time()
         if dist.get_rank() == 0:
+            # lr_groups: each param group's peak/floor LR as the run uses them (after any load)
+            lr_groups = [[g.get("max_lr"), g.get("min_lr")] for g in trainer.step.optimizer.param_groups]
             self.monitor = RunMonitor(self.cfg, self.cfg, trainer.progress.iteration, trainer.train_iters,
-                                      trainer.step.layout)
+                                      {**(trainer.step.layout or {}), "lr_groups": lr_groups})
 
     def after_step(self, trainer: TrainerView, outcome: StepOutcome) -> None:
         if self.monitor is None or not outcome.completed:

@@ -1,7 +1,7 @@
 """Slurm's early warning (SIGUSR1): save a complete checkpoint, then exit for requeue.
 
 The contract with the launcher is :mod:`pretrain.preemption`; the decision is
-agreed across ranks between steps, so every rank enters the save together.
+agreed across ranks every step (``trainer.flags``), so every rank enters the save together.
 """
 
 from __future__ import annotations
@@ -20,8 +20,12 @@ class SaveAndRequeueOnSignal(Callback):
     def on_start(self, trainer: TrainerView) -> None:
         self.flag = install_preemption_handler()
 
+    def local_flags(self, trainer: TrainerView, step: int, loss: float) -> dict[str, bool]:
+        return {"preempt": self.flag.should_save_and_exit()}
+
     def after_step(self, trainer: TrainerView, outcome: StepOutcome) -> None:
-        if not outcome.completed or not self.flag.should_save_and_exit_all_ranks():
+        # agreed in the loop's one flag all-reduce; a signal heard during a dropped step stays set
+        if not outcome.completed or not trainer.flags.get("preempt"):
             return
         if self.checkpointing.last_saved != trainer.progress.iteration:
             self.checkpointing.save(trainer)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from pretrain.config.schema import typed
 from pretrain.train.spike_policy import (Action, RecoveryPlanner, Signal, SpikeConfig, SpikeDetector, SpikeStop, Verdict,
-                             agree, load_skip_ranges)
+                             load_skip_ranges)
 from pretrain.train.callback import Callback, Decision, StepOutcome, TrainerView
 from pretrain.train.callbacks.checkpointing import Checkpointing
 from pretrain.train.callbacks.spike_log import SpikeLog
@@ -52,6 +52,7 @@ class SpikeRecovery(Callback):
         self.lr_scale_until = 0                # steps < this (1-based iteration) run at lr_factor
         self.recoveries = 0
         self.flagged: tuple[Verdict, Action] | None = None
+        self._observed: tuple[float | None, Verdict] | None = None   # this step's (grad norm, verdict)
 
     # -- state carried in checkpoints ------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -83,15 +84,24 @@ class SpikeRecovery(Callback):
     def lr_factor(self, step: int) -> float:
         return self.config.lr_factor if step < self.lr_scale_until else 1.0
 
+    def local_flags(self, trainer: TrainerView, step: int, loss: float) -> dict[str, bool]:
+        """Observe this step; the verdict joins the loop's one flag all-reduce."""
+        if not self.config.enabled:
+            return {}
+        grad_norm = trainer.step.grad_norm()
+        self._observed = (grad_norm, self.detector.observe(loss, grad_norm))
+        return {"spike": self._observed[1].flagged}
+
     def before_optimizer_step(self, trainer: TrainerView, step: int, loss: float) -> Decision:
         if not self.config.enabled:
             return Decision.CONTINUE
-        return self.judge(step, loss, trainer.step.grad_norm())
+        grad_norm, verdict = self._observed
+        return self.act(step, loss, grad_norm, verdict, flagged_anywhere=trainer.flags["spike"])
 
-    def judge(self, step: int, loss: float, grad_norm: float | None) -> Decision:
+    def act(self, step: int, loss: float, grad_norm: float | None, verdict: Verdict,
+            flagged_anywhere: bool) -> Decision:
         """The same decision on every rank; signals outside ``act_on`` are only logged."""
-        verdict = self.detector.observe(loss, grad_norm)
-        if agree(verdict.flagged) and not verdict.flagged:
+        if flagged_anywhere and not verdict.flagged:
             verdict = Verdict(Signal.LOSS_SPIKE, "flagged on another rank")
         if verdict.flagged and verdict.signal.value not in self.config.act_on:
             self.log.write({"event": "spike_observed", "step": step, "signal": verdict.signal.value,

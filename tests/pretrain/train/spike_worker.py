@@ -47,6 +47,38 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
 
 
+class CollectiveCounter:
+    """Counts, per step of the clean run, the global grad-norm computations and the
+    all-reduces issued from each module (instrumentation of the real calls, not a mock)."""
+
+    def __init__(self) -> None:
+        import megatron.core.optimizer.optimizer as megatron_optimizer
+        import torch.distributed as dist
+
+        self.grad_norms = 0
+        self.all_reduce_by_module: dict[str, int] = {}
+        self._restore = [(megatron_optimizer, "get_grad_norm_fp32", megatron_optimizer.get_grad_norm_fp32),
+                         (dist, "all_reduce", dist.all_reduce)]
+        norm, all_reduce = megatron_optimizer.get_grad_norm_fp32, dist.all_reduce
+
+        def counted_norm(*args, **kwargs):
+            self.grad_norms += 1
+            return norm(*args, **kwargs)
+
+        def counted_all_reduce(*args, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__", "?")
+            self.all_reduce_by_module[caller] = self.all_reduce_by_module.get(caller, 0) + 1
+            return all_reduce(*args, **kwargs)
+
+        megatron_optimizer.get_grad_norm_fp32 = counted_norm
+        dist.all_reduce = counted_all_reduce
+
+    def close(self) -> dict:
+        for module, name, original in self._restore:
+            setattr(module, name, original)
+        return {"grad_norms": self.grad_norms, "all_reduce_by_module": self.all_reduce_by_module}
+
+
 def main() -> None:
     import os
 
@@ -68,10 +100,12 @@ def main() -> None:
         started = time.time()
         stopped = None
         cfg = compose([f"data.path={data_dir}", f"run_dir={run_dir}", *SMALL_MODEL, *RUN, *overrides])
+        counter = CollectiveCounter() if name == "clean" else None
         try:
             run(cfg)
         except SpikeStop as err:
             stopped = str(err)
+        counted = counter.close() if counter else None
         parallel_state.destroy_model_parallel()
         dist.barrier()
         if dist.get_rank() == 0:
@@ -79,7 +113,7 @@ def main() -> None:
             results[name] = {
                 "losses": {r["step"]: r["loss"] for r in rows if r.get("event") is None},
                 "events": [r for r in rows if r.get("event") not in (None, "checkpoint", "start", "eval")],
-                "spikes": read_rows(run_dir / "spikes.jsonl"), "stopped": stopped,
+                "spikes": read_rows(run_dir / "spikes.jsonl"), "stopped": stopped, "counted": counted,
                 "wall_s": round(time.time() - started, 1)}
             print(f"scenario {name}: {results[name]['wall_s']} s, stopped={stopped is not None}", flush=True)
     results["zloss_tp2"] = check_log_z_tp2()

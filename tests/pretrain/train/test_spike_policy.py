@@ -115,13 +115,18 @@ def test_signals_outside_act_on_are_logged_not_acted_on(tmp_path):
     recovery = SpikeRecovery(spike_config_from(cfg), cfg, SpikeLog(tmp_path, 0, metrics),
                              Checkpointing(0, metrics, resumed=False))
     assert "grad_norm_spike" not in recovery.config.act_on
+
+    def judge(step: int, loss: float, grad_norm: float):  # one rank: flagged anywhere = flagged here
+        verdict = recovery.detector.observe(loss, grad_norm)
+        return recovery.act(step, loss, grad_norm, verdict, flagged_anywhere=verdict.flagged)
+
     for i in range(20):
-        assert recovery.judge(i + 1, 3.0 - 0.01 * i, 1.0 + 0.01 * (i % 2)) is Decision.CONTINUE
-    assert recovery.judge(21, 2.8, 50.0) is Decision.CONTINUE   # a grad-norm burst with a normal loss
+        assert judge(i + 1, 3.0 - 0.01 * i, 1.0 + 0.01 * (i % 2)) is Decision.CONTINUE
+    assert judge(21, 2.8, 50.0) is Decision.CONTINUE   # a grad-norm burst with a normal loss
     assert recovery.flagged is None
     logged = [json.loads(line) for line in (tmp_path / "spikes.jsonl").read_text().splitlines()]
     assert logged[-1]["event"] == "spike_observed" and logged[-1]["signal"] == "grad_norm_spike"
-    assert recovery.judge(22, 30.0, 1.0) is Decision.SKIP         # a loss spike is acted on
+    assert judge(22, 30.0, 1.0) is Decision.SKIP         # a loss spike is acted on
     verdict, action = recovery.flagged
     assert verdict.signal is Signal.LOSS_SPIKE and action is Action.SKIP_UPDATE
 

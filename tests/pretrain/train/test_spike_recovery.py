@@ -46,6 +46,17 @@ def test_clean_run_never_flags(runs):
 
 
 @pytest.mark.multiproc
+def test_one_grad_norm_and_one_flag_all_reduce_per_step(runs):
+    """Spike detection reads the grad norm before the update; the update must reuse it, and
+    the spike verdict and the preemption flag share one all-reduce (no per-feature syncs)."""
+    counted = runs["clean"]["counted"]
+    assert counted["grad_norms"] == STEPS
+    by_module = counted["all_reduce_by_module"]
+    assert by_module.get("pretrain.train.flags") == STEPS
+    assert "pretrain.preemption" not in by_module and "pretrain.train.spike_policy" not in by_module
+
+
+@pytest.mark.multiproc
 def test_nan_fault_is_skipped_and_run_finishes(runs):
     run = runs["nan"]
     (fault,) = _events(run, "fault")

@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers.launch import REPO_ROOT, torchrun
 from tests.helpers.synthetic_data import make_indexed_dataset
@@ -95,6 +96,13 @@ def test_bf16_keeps_fp32_master_weights_and_grads(two_process_runs):
                                            "main_params": "float32"}
     assert fp32["layout"]["precision"] == {"params": "float32", "main_grads": "float32",
                                            "main_params": "float32"}
+    # a CPU run says it used the local spec with SDPA, no fusions and torch's Adam (on a GPU
+    # host it is whatever choose_fast_path picked: tests/gpu/ checks that)
+    used = bf16["layout"]["fast_path"]
+    if not torch.cuda.is_available():
+        assert used["spec"] == "local" and used["attention"].endswith("SdpaAttention"), used
+        assert not any(used["fusions"].values()) and used["fp8"] is None, used
+        assert used["optimizer"] == ["torch.optim.adamw.AdamW"] and used["grad_reduce_in_fp32"], used
     losses, reference = _losses(bf16, 10), _losses(fp32, 10)
     assert sorted(map(int, bf16["losses"])) == list(range(1, 11))
     assert losses[-1] < losses[0] - 0.2, "the loss must fall in 10 steps"

@@ -80,7 +80,7 @@ def read_run(run_dir: Path) -> dict:
             "eval": {r["step"]: r["eval_loss"] for r in rows if r.get("event") == "eval"},
             "events": [r["event"] for r in rows if r.get("event")],
             # what the trainer built (pretrain.train.optim.describe_optimizer), from the start row
-            "layout": next(({k: r[k] for k in ("precision", "optimizer_shards") if k in r}
+            "layout": next(({k: r[k] for k in ("precision", "optimizer_shards", "fast_path") if k in r}
                             for r in rows if r.get("event") == "start"), {})}
 
 
