@@ -9,20 +9,31 @@ keys to change, when the config cannot fit in `cluster.gpu.memory_gb`.
     python -m pretrain.tools.fit_check model=1t parallel=teleflm_1t train.recompute=full
     python -m pretrain.tools.fit_check parallel=single                   # refused: names TP/PP
 
-The trainer calls `plan(cfg)` (or `require_fit(cfg)`) before building a model
-so that an impossible config fails in a second, not after the first OOM on
-hundreds of GPUs. Every number is an estimate; docs/planning.md lists the
-formulas, the sources and what is left out.
+It reads the trainer's own config (configs/plan.yaml composes configs/pretrain.yaml
+with the Tele-FLM 52B recipe, configs/experiment/teleflm_52b.yaml) and takes the
+fusions and communication overlaps from `choose_fast_path` for the cluster's GPU,
+so it plans what the trainer would build there; only the calibration knobs under
+`plan:` are its own.
+
+The trainer runs the same check before any process group starts:
+pretrain/config/validate.py::fit_errors calls `require_fit` with the real
+device's memory and peak when CUDA is present, else with the cluster preset's,
+and refuses the run with this module's message; with no GPU anywhere (a CPU run,
+cluster=local) the plan is informational and never refuses. Every number is an
+estimate; docs/planning.md lists the formulas, their sources, the comparison
+with published throughput and what is left out.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pretrain.model.fast_path import FastPath, Machine, choose_fast_path
 from pretrain.tools.flops import model_flops_per_token, model_padded_vocab, parameter_count
 from pretrain.tools.memory import (
     GIB,
@@ -36,24 +47,35 @@ from pretrain.tools.memory import (
 
 REFUSED_EXIT_CODE = 2
 RECOMPUTE_MODES = ("none", "selective", "full")
+# Present on every Linux host with an NVIDIA driver loaded: without it there is no CUDA device,
+# and the check costs nothing, where `import torch` to ask torch.cuda takes seconds.
+NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
 
 
 class PlanRefused(RuntimeError):
     """The config cannot run as given; the message says which keys to change."""
 
 
+CALIBRATION_KEYS = ("matmul_efficiency", "comm_efficiency", "fixed_workspace_gib", "fragmentation")
+
+
 @dataclass(frozen=True)
 class Assumptions:
-    """Calibration knobs; the same defaults live under `assumptions:` in configs/plan.yaml.
+    """What the estimate assumes: four calibration knobs and four facts about the trainer.
 
-    matmul_efficiency: achieved fraction of the dense BF16 peak for the model's
-    matmuls and attention (FLM-101B reports 51-53% MFU on A800 at TP4/PP2, which
-    needs at least that much). comm_efficiency: achieved NCCL bus bandwidth as a
-    fraction of the per-direction link bandwidth. fixed_workspace_gib: CUDA
-    context, NCCL communicators and cuBLAS/attention workspaces. fragmentation:
+    Calibration (the only planner-owned keys; `plan:` in configs/plan.yaml, same
+    defaults): matmul_efficiency, the achieved fraction of the dense BF16 peak
+    for the model's matmuls and attention (fitted on FLM-101B's A800 throughput,
+    bench/planning/calibrate.py); comm_efficiency, achieved NCCL bus bandwidth
+    as a fraction of the per-direction link bandwidth; fixed_workspace_gib, CUDA
+    context, NCCL communicators and cuBLAS/attention workspaces; fragmentation,
     caching-allocator slack on the dynamic (activation) part of memory.
-    fused_swiglu: whether SwiGLU keeps only its input (Megatron's fused
-    bias_swiglu) or also SiLU(gate), 2 bytes x s x b x ffn more per layer.
+
+    Trainer facts (never set by hand: `from_fast_path` copies them from
+    pretrain.model.fast_path.choose_fast_path for the cluster's machine):
+    the DDP overlaps, the gradient-reduce dtype, and fused_swiglu, whether
+    SwiGLU keeps only its input (megatron's bias_activation_fusion) or also
+    SiLU(gate), 2 bytes x s x b x ffn more per layer.
     """
 
     matmul_efficiency: float = 0.55
@@ -63,7 +85,15 @@ class Assumptions:
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = True
     grad_reduce_in_bf16: bool = False
-    fused_swiglu: bool = False   # the trainer builds megatron with bias_activation_fusion=False
+    fused_swiglu: bool = True
+
+    @classmethod
+    def from_fast_path(cls, calibration: Mapping[str, Any], fast_path: FastPath) -> "Assumptions":
+        return cls(**{k: float(calibration[k]) for k in CALIBRATION_KEYS if calibration.get(k) is not None},
+                   overlap_grad_reduce=fast_path.overlap_grad_reduce,
+                   overlap_param_gather=fast_path.overlap_param_gather,
+                   grad_reduce_in_bf16=not fast_path.grad_reduce_in_fp32,
+                   fused_swiglu=fast_path.fusions.get("bias_activation_fusion", False))
 
 
 @dataclass(frozen=True)
@@ -151,6 +181,7 @@ class Plan:
     stages: list[StageMemory]
     step: StepTime | None
     assumptions: Assumptions
+    fast_path: FastPath | None = None        # what the trainer would use on this machine
     problems: list[str] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     refusal: str | None = None
@@ -185,21 +216,59 @@ def _select(cfg: Any, dotted: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
-def _assumptions_from(cfg: Any) -> Assumptions:
-    given = _select(cfg, "assumptions", {}) or {}
-    known = Assumptions.__dataclass_fields__
-    values = {k: given[k] for k in known if _select(given, k) is not None}
-    return Assumptions(**values)
+def cluster_machine(cfg: Any) -> Machine | None:
+    """The machine a cluster preset describes: CUDA, TransformerEngine (the gpu extra), and the
+    preset's `cluster.gpu.compute_capability`; None when the preset has no GPU (cluster=local)."""
+    gpu = _select(cfg, "cluster.gpu")
+    if not gpu:
+        return None
+    capability = _select(gpu, "compute_capability")
+    return Machine(cuda=True, transformer_engine=True,
+                   compute_capability=tuple(int(v) for v in capability) if capability else None)
+
+
+def has_cuda() -> bool:
+    """A usable CUDA device here; torch is imported only where an NVIDIA driver is loaded."""
+    if not NVIDIA_DRIVER.exists():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def local_machine() -> Machine:
+    """This host, as the trainer would see it (no torch import on a host without a driver)."""
+    if not has_cuda():
+        return Machine(cuda=False, transformer_engine=False)
+    from pretrain.model.fast_path import detect_machine
+
+    return detect_machine()
+
+
+def planned_fast_path(cfg: Any, machine: Machine | None = None) -> FastPath:
+    """choose_fast_path for `machine` (default: the cluster preset's GPU, else this host)."""
+    machine = machine or cluster_machine(cfg) or local_machine()
+    try:
+        return choose_fast_path(cfg, machine)
+    except (ValueError, RuntimeError) as error:
+        raise PlanRefused(str(error)) from error
+
+
+def _assumptions_from(cfg: Any, fast_path: FastPath) -> Assumptions:
+    calibration = _select(cfg, "plan", {}) or {}
+    return Assumptions.from_fast_path({k: _select(calibration, k) for k in CALIBRATION_KEYS}, fast_path)
 
 
 def _optimizer_kind(cfg: Any) -> str:
-    """`optimizer: distributed|plain` (plan.yaml); otherwise the parallel preset decides."""
-    value = _select(cfg, "optimizer")
-    if isinstance(value, str) and value != "auto":
-        if value not in ("distributed", "plain"):
-            raise PlanRefused(f"optimizer must be distributed|plain|auto, got {value!r}")
-        return value
+    """The trainer's `parallel.use_distributed_optimizer`: distributed (state sharded over DP) or plain."""
     return "distributed" if _select(cfg, "parallel.use_distributed_optimizer", True) else "plain"
+
+
+def _zero_stage(cfg: Any) -> int | None:
+    """`deepspeed.zero_stage` when the trainer runs backend=deepspeed; None for megatron."""
+    if _select(cfg, "backend", "megatron") != "deepspeed":
+        return None
+    return int(_select(cfg, "deepspeed.zero_stage", 1))
 
 
 def _layout_from(cfg: Any) -> Layout:
@@ -221,12 +290,10 @@ def _gpu_facts(cfg: Any, capacity_gib: float | None, peak_tflops: float | None) 
         capacity = capacity_gib if capacity_gib is not None else _select(gpu, "memory_gb")
         peak = peak_tflops if peak_tflops is not None else _select(gpu, "peak_bf16_tflops")
         return name, (float(capacity) if capacity else None), (float(peak) if peak else None)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
+    if not has_cuda():
         return None, capacity_gib, peak_tflops
-    if not torch.cuda.is_available():
-        return None, capacity_gib, peak_tflops
+    import torch
+
     from pretrain.tools.flops import detect_peak_bf16_tflops
 
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
@@ -426,12 +493,16 @@ def _step_time(cfg: Any, *, layout: Layout, shape: BlockShape, padded_vocab: int
 # ----------------------------------------------------------------------------
 
 def plan(cfg: Any, *, capacity_gib: float | None = None, peak_tflops: float | None = None,
-         suggest: bool = True) -> Plan:
-    """Estimate per-GPU memory and step time for `cfg` (model, parallel, cluster, train groups).
+         suggest: bool = True, machine: Machine | None = None, assumptions: Assumptions | None = None) -> Plan:
+    """Estimate per-GPU memory and step time for the trainer config `cfg`.
 
-    capacity_gib / peak_tflops override the cluster preset (the trainer can
-    pass the real device's numbers). Without a GPU in the cluster preset and
-    no CUDA device the plan is informational: `fits` is None, `refusal` None.
+    capacity_gib / peak_tflops override the cluster preset (the trainer
+    passes the real device's numbers). machine: whose fast path to plan
+    (default: the cluster preset's GPU, else this host). assumptions: given
+    by the suggestion search, which re-plans hundreds of layout variants of
+    one config and need not re-derive them. Without a GPU in the cluster
+    preset and no CUDA device the plan is informational: `fits` is None,
+    `refusal` None.
     """
     model = cfg["model"]
     layout = _layout_from(cfg)
@@ -441,11 +512,14 @@ def plan(cfg: Any, *, capacity_gib: float | None = None, peak_tflops: float | No
     recompute = str(_select(cfg, "train.recompute", "none"))
     if recompute not in RECOMPUTE_MODES:
         raise PlanRefused(f"train.recompute must be one of {RECOMPUTE_MODES}, got {recompute!r}")
-    flash = bool(_select(cfg, "train.flash_attention", True))
+    # TE's fused attention and SDPA (the local spec) are both flash-style: no s x s scores kept.
+    flash = True
     optimizer = _optimizer_kind(cfg)
-    zero_stage = _select(cfg, "zero_stage")
-    zero_stage = None if zero_stage is None else int(zero_stage)
-    assumptions = _assumptions_from(cfg)
+    zero_stage = _zero_stage(cfg)
+    fast_path = None
+    if assumptions is None:
+        fast_path = planned_fast_path(cfg, machine)
+        assumptions = _assumptions_from(cfg, fast_path)
     gpu_name, capacity, peak = _gpu_facts(cfg, capacity_gib, peak_tflops)
 
     padded_vocab = model_padded_vocab(model, layout.tp)
@@ -488,10 +562,11 @@ def plan(cfg: Any, *, capacity_gib: float | None = None, peak_tflops: float | No
         micro_batch_size=micro_batch, global_batch_size=global_batch, recompute=recompute,
         flash_attention=flash, optimizer=optimizer, zero_stage=zero_stage, padded_vocab=padded_vocab,
         parameters=counts, flops_per_token=flops_per_token, activation_per_layer=per_layer, stages=stages,
-        step=step, assumptions=assumptions, problems=problems,
+        step=step, assumptions=assumptions, fast_path=fast_path, problems=problems,
     )
     if result.fits is False:
-        suggestions = suggest_changes(cfg, capacity_gib=capacity_gib, peak_tflops=peak_tflops) if suggest else []
+        suggestions = (suggest_changes(cfg, capacity_gib=capacity_gib, peak_tflops=peak_tflops,
+                                       assumptions=assumptions) if suggest else [])
         result = replace(result, suggestions=suggestions, refusal=_refusal_message(result, suggestions))
     return result
 
@@ -534,7 +609,6 @@ def _candidate_changes(cfg: Any) -> list[dict[str, Any]]:
     """Single changes worth trying, cheapest in throughput first."""
     layout = _layout_from(cfg)
     recompute = str(_select(cfg, "train.recompute", "none"))
-    flash = bool(_select(cfg, "train.flash_attention", True))
     micro_batch = int(_select(cfg, "train.micro_batch_size", 1))
     per_node = int(_select(cfg, "cluster.gpus_per_node", 8) or 8)
     changes: list[dict[str, Any]] = []
@@ -546,10 +620,8 @@ def _candidate_changes(cfg: Any) -> list[dict[str, Any]]:
             if global_batch % (micro_batch * dp) == 0:
                 changes.append({"parallel.data_parallel_size": dp})
                 break
-    if recompute == "none" and not flash:
-        changes.append({"train.recompute": "selective"})
-    if _optimizer_kind(cfg) == "plain" and _select(cfg, "zero_stage") is None:
-        changes.append({"optimizer": "distributed"})
+    if _optimizer_kind(cfg) == "plain" and _zero_stage(cfg) is None:
+        changes.append({"parallel.use_distributed_optimizer": True})
     if micro_batch > 1:
         changes.append({"train.micro_batch_size": 1})
     if recompute != "full":
@@ -673,6 +745,15 @@ def format_plan(result: Plan) -> str:
         f"{result.micro_batch_size}, recompute={result.recompute}, flash attention={result.flash_attention}, "
         + (f"optimizer=DeepSpeed ZeRO-{result.zero_stage}" if result.zero_stage is not None
            else f"optimizer={result.optimizer}"),
+    ]
+    if result.fast_path is not None:
+        fp = result.fast_path
+        fused = [name for name, on in fp.fusions.items() if on]
+        lines.append(f"trainer fast path on this GPU (pretrain/model/fast_path.py): spec={fp.spec}, "
+                     f"attention={fp.attention}, fusions={'+'.join(fused) or 'none'}, overlap_grad_reduce="
+                     f"{fp.overlap_grad_reduce}, overlap_param_gather={fp.overlap_param_gather}, grad reduce in "
+                     f"{'fp32' if fp.grad_reduce_in_fp32 else 'bf16'}" + (f", fp8={fp.fp8}" if fp.fp8 else ""))
+    lines += [
         "",
         "activations per layer and micro-batch (MiB): " + ", ".join(
             f"{mode} {value / 2**20:.1f}" for mode, value in result.activation_per_layer.items()),
