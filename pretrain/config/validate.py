@@ -2,6 +2,7 @@
 
 Every rule returns a message naming the config key and the fix; all broken
 rules are reported together, so a 896-GPU job fails once, not once per typo.
+One rule is the planner's memory check (:func:`fit_errors`, pretrain/tools/fit_check.py).
 """
 
 from __future__ import annotations
@@ -274,9 +275,46 @@ def deepspeed_errors(cfg: DictConfig) -> list[str]:
     return errors
 
 
+def device_limits() -> tuple[float | None, float | None]:
+    """(memory GiB, dense BF16 peak TFLOP/s) of the CUDA device this process will train on, or
+    (None, None) without one: then the cluster preset's figures stand in (pretrain.tools.fit_check)."""
+    from pretrain.tools.fit_check import has_cuda
+
+    if not has_cuda():
+        return None, None
+    import torch
+
+    from pretrain.tools.flops import detect_peak_bf16_tflops
+    from pretrain.tools.memory import GIB
+
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return props.total_memory / GIB, detect_peak_bf16_tflops()
+
+
+def fit_errors(cfg: DictConfig) -> list[str]:
+    """The planner's verdict on this run's memory, so an impossible plan fails here, in seconds,
+    and not at the first OOM on hundreds of GPUs.
+
+    Memory and peak come from the real device when CUDA is present, else from the cluster preset
+    (cluster.gpu.memory_gb); fusions and overlaps from the fast path the trainer would choose on that
+    machine. With no GPU anywhere (a CPU run, cluster=local) the plan is informational: no error.
+    """
+    from pretrain.tools.fit_check import PlanRefused, local_machine, require_fit
+
+    capacity, peak = device_limits()
+    machine = local_machine() if capacity is not None else None   # None: the cluster preset's GPU
+    try:
+        require_fit(cfg, capacity_gib=capacity, peak_tflops=peak, machine=machine)
+    except PlanRefused as refusal:
+        return [f"pretrain.tools.fit_check refuses this plan:\n{refusal}"]
+    return []
+
+
 def config_errors(cfg: DictConfig, world_size: int | None, manifest: dict | None,
                   check_data: bool = True) -> list[str]:
     errors = parallel_errors(cfg, world_size) + batch_errors(cfg) + vocab_errors(cfg, manifest)
+    if not errors and cfg.model.seq_length >= 1:   # the planner needs a valid layout to say anything useful
+        errors += fit_errors(cfg)
     errors += misc_errors(cfg)
     if check_data:
         errors += data_errors(cfg, manifest)
