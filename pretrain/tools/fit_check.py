@@ -78,7 +78,7 @@ class Assumptions:
     SiLU(gate), 2 bytes x s x b x ffn more per layer.
     """
 
-    matmul_efficiency: float = 0.55
+    matmul_efficiency: float = 0.62   # bench/planning/calibrate.py: 0.621 fitted on FLM-101B's three stages
     comm_efficiency: float = 0.75
     fixed_workspace_gib: float = 3.0
     fragmentation: float = 0.10

@@ -272,3 +272,27 @@ def test_zero_stages_shard_progressively() -> None:
     assert stages[1].optimizer == stages[2].optimizer == stages[3].optimizer
     assert stages[3].zero3_gather > 0 and stages[2].zero3_gather == 0
     assert "DeepSpeed ZeRO-3" in format_plan(plan(composed(*base, "backend=deepspeed", "deepspeed.zero_stage=3")))
+
+
+# ---------------------------------------------------------------- calibration (bench/planning/calibrate.py)
+
+def load_calibration():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_planning_calibrate", REPO / "bench" / "planning" / "calibrate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_planning_calibrate", module)   # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_matmul_efficiency_reproduces_flm_101b_within_5_percent() -> None:
+    """The shipped calibration (docs/planning.md) still predicts the three FLM-101B stages on A800."""
+    calibration = load_calibration()
+    for run in calibration.FLM:
+        predicted = calibration.predicted_tflops(run, Assumptions().matmul_efficiency)
+        assert predicted == pytest.approx(run.measured_tflops, rel=0.05), run.name
+    # the conversion to Megatron's convention: eq. 3 per token, e.g. the 1T run's 4 passes and full attention
+    one_t = calibration.MEGATRON[-1]
+    assert calibration.publication_flops_per_token(one_t, 0.0) == pytest.approx(
+        96 * 128 * 25600**2 * (1 + 2048 / (6 * 25600) + 51200 / (16 * 128 * 25600)))
