@@ -306,7 +306,8 @@ def fit_errors(cfg: DictConfig) -> list[str]:
     try:
         require_fit(cfg, capacity_gib=capacity, peak_tflops=peak, machine=machine)
     except PlanRefused as refusal:
-        return [f"pretrain.tools.fit_check refuses this plan:\n{refusal}"]
+        indented = "\n".join(f"      {line}" for line in str(refusal).splitlines())
+        return [f"pretrain.tools.fit_check refuses this plan (pretrain/tools/fit_check.py, docs/planning.md):\n{indented}"]
     return []
 
 
