@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from pretrain.model.fast_path import FastPath, Machine, choose_fast_path
@@ -182,6 +182,7 @@ class Plan:
     step: StepTime | None
     assumptions: Assumptions
     fast_path: FastPath | None = None        # what the trainer would use on this machine
+    bf16: bool = True                        # train.bf16: false keeps fp32 weights and activations
     problems: list[str] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     refusal: str | None = None
@@ -338,7 +339,7 @@ def _layer_problems(cfg: Any, layout: Layout, micro_batch: int, global_batch: in
 
 def _stage_memory(name: str, stage: int, *, cfg: Any, layout: Layout, shape: BlockShape, padded_vocab: int,
                   counts: dict[str, int], recompute: str, flash: bool, optimizer: str, zero_stage: int | None,
-                  micro_batches: int, assumptions: Assumptions) -> StageMemory:
+                  micro_batches: int, assumptions: Assumptions, bf16: bool) -> StageMemory:
     model = cfg["model"]
     layers_total = int(_select(model, "num_layers"))
     layers = math.ceil(layers_total / layout.pp)
@@ -356,21 +357,25 @@ def _stage_memory(name: str, stage: int, *, cfg: Any, layout: Layout, shape: Blo
     shard_optimizer = optimizer == "distributed" or (zero_stage or 0) >= 1
     shard_grads = (zero_stage or 0) >= 2
     shard_weights = (zero_stage or 0) >= 3
-    weights = 2.0 * params / (dp if shard_weights else 1)            # bf16 copies the matmuls read
+    # train.bf16: bf16 weights + fp32 master in the optimizer (12 bytes: master, Adam m, v);
+    # fp32 training: the weights are the master copy (optimizer state is Adam m, v: 8 bytes).
+    weight_bytes, state_bytes, activation_scale = (2.0, 12.0, 1.0) if bf16 else (4.0, 8.0, 2.0)
+    weights = weight_bytes * params / (dp if shard_weights else 1)
     gradients = 4.0 * params / (dp if shard_grads else 1)            # fp32 main_grad accumulation buffer
-    optimizer_bytes = 12.0 * params / (dp if shard_optimizer else 1)  # fp32 master + Adam m and v
+    optimizer_bytes = state_bytes * params / (dp if shard_optimizer else 1)
     zero3_gather = 0.0
-    if shard_weights:  # two layers' full bf16 weights gathered at a time (current + prefetch)
-        zero3_gather = 2 * 2.0 * (counts["per_layer_matmul"] // tp)
+    if shard_weights:  # two layers' full weights gathered at a time (current + prefetch)
+        zero3_gather = 2 * weight_bytes * (counts["per_layer_matmul"] // tp)
 
-    per_layer = layer_activation_bytes(shape, tp, layout.sequence_parallel, recompute, flash)
+    # The activation formulas count bf16 bytes; fp32 training keeps every one of them at 4.
+    per_layer = activation_scale * layer_activation_bytes(shape, tp, layout.sequence_parallel, recompute, flash)
     in_flight = in_flight_layer_activations(stage, layers_total, layout.pp, layout.vpp, micro_batches)
     activations = per_layer * in_flight
-    working = recompute_working_bytes(shape, tp, layout.sequence_parallel, recompute, flash)
+    working = activation_scale * recompute_working_bytes(shape, tp, layout.sequence_parallel, recompute, flash)
     logits = logits_bytes(shape.seq_length, shape.micro_batch, hidden, padded_vocab, tp,
                           layout.sequence_parallel) if is_last else 0.0
-    buffers = pipeline_buffer_bytes(shape.seq_length, shape.micro_batch, hidden, tp, layout.sequence_parallel,
-                                    layout.pp)
+    buffers = activation_scale * pipeline_buffer_bytes(shape.seq_length, shape.micro_batch, hidden, tp,
+                                                       layout.sequence_parallel, layout.pp)
     dynamic = activations + working + logits + buffers + zero3_gather
     return StageMemory(
         name=name, layers=layers, parameters=params, weights=weights, gradients=gradients,
@@ -538,9 +543,10 @@ def plan(cfg: Any, *, capacity_gib: float | None = None, peak_tflops: float | No
     problems = _layer_problems(cfg, layout, micro_batch, global_batch, seq)
     micro_batches = max(1, global_batch // (micro_batch * layout.dp))
 
+    bf16 = bool(_select(cfg, "train.bf16", True))
     common = dict(cfg=cfg, layout=layout, shape=shape, padded_vocab=padded_vocab, counts=counts,
                   recompute=recompute, flash=flash, optimizer=optimizer, zero_stage=zero_stage,
-                  micro_batches=micro_batches, assumptions=assumptions)
+                  micro_batches=micro_batches, assumptions=assumptions, bf16=bf16)
     stage_ids = [0] if layout.pp == 1 else [0, layout.pp - 1]
     names = ["only stage"] if layout.pp == 1 else ["first stage", "last stage"]
     # With PP1 the only stage is both first (embedding) and last (output layer, logits).
@@ -562,7 +568,7 @@ def plan(cfg: Any, *, capacity_gib: float | None = None, peak_tflops: float | No
         micro_batch_size=micro_batch, global_batch_size=global_batch, recompute=recompute,
         flash_attention=flash, optimizer=optimizer, zero_stage=zero_stage, padded_vocab=padded_vocab,
         parameters=counts, flops_per_token=flops_per_token, activation_per_layer=per_layer, stages=stages,
-        step=step, assumptions=assumptions, fast_path=fast_path, problems=problems,
+        step=step, assumptions=assumptions, fast_path=fast_path, bf16=bf16, problems=problems,
     )
     if result.fits is False:
         suggestions = (suggest_changes(cfg, capacity_gib=capacity_gib, peak_tflops=peak_tflops,
@@ -742,7 +748,8 @@ def format_plan(result: Plan) -> str:
         f"{_count(counts['matmul'])}), model FLOPs/token {result.flops_per_token:.4g} "
         f"(6N + 6·L·s·d, causal, s={result.seq_length})",
         f"global batch {result.global_batch_size} x {result.seq_length} tokens, micro batch "
-        f"{result.micro_batch_size}, recompute={result.recompute}, flash attention={result.flash_attention}, "
+        f"{result.micro_batch_size}, {'bf16' if result.bf16 else 'fp32 (train.bf16=false)'}, recompute={result.recompute}, "
+        f"flash attention={result.flash_attention}, "
         + (f"optimizer=DeepSpeed ZeRO-{result.zero_stage}" if result.zero_stage is not None
            else f"optimizer={result.optimizer}"),
     ]
@@ -763,9 +770,9 @@ def format_plan(result: Plan) -> str:
     ]
     rows = [
         ("layers / parameters", lambda st: f"{st.layers} / {_count(st.parameters)}"),
-        ("weights (bf16)", lambda st: _gib(st.weights)),
+        (f"weights ({'bf16' if result.bf16 else 'fp32, train.bf16=false'})", lambda st: _gib(st.weights)),
         ("gradients (fp32 main_grad)", lambda st: _gib(st.gradients)),
-        ("optimizer (fp32 master + Adam m, v" + (", /DP)" if result.optimizer == "distributed" or
+        (("optimizer (fp32 master + Adam m, v" if result.bf16 else "optimizer (Adam m, v") + (", /DP)" if result.optimizer == "distributed" or
                                                  result.zero_stage else ")"), lambda st: _gib(st.optimizer)),
         (f"activations ({result.recompute}, x in flight)", lambda st: f"{_gib(st.activations)} (x{st.in_flight:g})"),
         ("recompute working layer", lambda st: _gib(st.recompute_working)),

@@ -197,6 +197,17 @@ def test_trainer_keys_change_the_plan() -> None:
     assert no_overlap.step.step > base.step.step
 
 
+def test_fp32_training_is_planned_with_fp32_weights_and_activations() -> None:
+    """train.bf16=false (the trainer's default, for CPU runs): fp32 weights are the master copy."""
+    bf16 = plan(composed()).stages[0]
+    fp32 = plan(composed("train.bf16=false")).stages[0]
+    assert fp32.weights == pytest.approx(2 * bf16.weights)
+    assert fp32.optimizer == pytest.approx(bf16.optimizer * 8 / 12)
+    assert fp32.gradients == bf16.gradients
+    assert fp32.activations == pytest.approx(2 * bf16.activations)
+    assert "fp32 (train.bf16=false)" in format_plan(plan(composed("train.bf16=false")))
+
+
 def test_compute_capability_comes_from_the_cluster_preset() -> None:
     with pytest.raises(PlanRefused, match="train.gpu.fp8"):
         plan(composed("train.gpu.fp8=hybrid"))                       # A800: compute capability 8.0
