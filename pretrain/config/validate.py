@@ -275,22 +275,6 @@ def deepspeed_errors(cfg: DictConfig) -> list[str]:
     return errors
 
 
-def device_limits() -> tuple[float | None, float | None]:
-    """(memory GiB, dense BF16 peak TFLOP/s) of the CUDA device this process will train on, or
-    (None, None) without one: then the cluster preset's figures stand in (pretrain.tools.fit_check)."""
-    from pretrain.tools.fit_check import has_cuda
-
-    if not has_cuda():
-        return None, None
-    import torch
-
-    from pretrain.tools.flops import detect_peak_bf16_tflops
-    from pretrain.tools.memory import GIB
-
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    return props.total_memory / GIB, detect_peak_bf16_tflops()
-
-
 def fit_errors(cfg: DictConfig) -> list[str]:
     """The planner's verdict on this run's memory, so an impossible plan fails here, in seconds,
     and not at the first OOM on hundreds of GPUs.
@@ -299,12 +283,13 @@ def fit_errors(cfg: DictConfig) -> list[str]:
     (cluster.gpu.memory_gb); fusions and overlaps from the fast path the trainer would choose on that
     machine. With no GPU anywhere (a CPU run, cluster=local) the plan is informational: no error.
     """
-    from pretrain.tools.fit_check import PlanRefused, local_machine, require_fit
+    from pretrain.tools.fit_check import PlanRefused, cuda_device, local_machine, require_fit
 
-    capacity, peak = device_limits()
-    machine = local_machine() if capacity is not None else None   # None: the cluster preset's GPU
+    device = cuda_device()    # (name, GiB, peak) from torch.cuda.get_device_properties, or None
+    name, capacity, peak = device if device else (None, None, None)
+    machine = local_machine() if device else None   # None: the cluster preset's GPU
     try:
-        require_fit(cfg, capacity_gib=capacity, peak_tflops=peak, machine=machine)
+        require_fit(cfg, capacity_gib=capacity, peak_tflops=peak, device_name=name, machine=machine)
     except PlanRefused as refusal:
         indented = "\n".join(f"      {line}" for line in str(refusal).splitlines())
         return [f"pretrain.tools.fit_check refuses this plan (pretrain/tools/fit_check.py, docs/planning.md):\n{indented}"]

@@ -283,24 +283,32 @@ def _layout_from(cfg: Any) -> Layout:
     )
 
 
-def _gpu_facts(cfg: Any, capacity_gib: float | None, peak_tflops: float | None) -> tuple[str | None, float | None, float | None]:
-    """GPU name, memory and peak: from cluster.gpu, else from the CUDA device we run on."""
-    gpu = _select(cfg, "cluster.gpu")
-    if gpu:
-        name = _select(gpu, "name")
-        capacity = capacity_gib if capacity_gib is not None else _select(gpu, "memory_gb")
-        peak = peak_tflops if peak_tflops is not None else _select(gpu, "peak_bf16_tflops")
-        return name, (float(capacity) if capacity else None), (float(peak) if peak else None)
+def cuda_device() -> tuple[str, float, float | None] | None:
+    """(name, memory GiB, dense BF16 peak or None if unknown) of this process's CUDA device; None without one."""
     if not has_cuda():
-        return None, capacity_gib, peak_tflops
+        return None
     import torch
 
     from pretrain.tools.flops import detect_peak_bf16_tflops
 
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    capacity = capacity_gib if capacity_gib is not None else props.total_memory / GIB
-    peak = peak_tflops if peak_tflops is not None else detect_peak_bf16_tflops()
-    return props.name, capacity, peak
+    return props.name, props.total_memory / GIB, detect_peak_bf16_tflops()
+
+
+def _gpu_facts(cfg: Any, capacity_gib: float | None, peak_tflops: float | None,
+               device_name: str | None) -> tuple[str | None, float | None, float | None]:
+    """GPU name, memory and peak: the given device's, else cluster.gpu's, else the CUDA device we run on."""
+    gpu = _select(cfg, "cluster.gpu")
+    if gpu:
+        name = device_name or _select(gpu, "name")
+        capacity = capacity_gib if capacity_gib is not None else _select(gpu, "memory_gb")
+        peak = peak_tflops if peak_tflops is not None else _select(gpu, "peak_bf16_tflops")
+        return name, (float(capacity) if capacity else None), (float(peak) if peak else None)
+    device = cuda_device() if capacity_gib is None else None
+    if device is None:
+        return device_name, capacity_gib, peak_tflops
+    name, capacity, peak = device
+    return name, capacity, peak_tflops if peak_tflops is not None else peak
 
 
 # ----------------------------------------------------------------------------
@@ -498,11 +506,12 @@ def _step_time(cfg: Any, *, layout: Layout, shape: BlockShape, padded_vocab: int
 # ----------------------------------------------------------------------------
 
 def plan(cfg: Any, *, capacity_gib: float | None = None, peak_tflops: float | None = None,
-         suggest: bool = True, machine: Machine | None = None, assumptions: Assumptions | None = None) -> Plan:
+         device_name: str | None = None, suggest: bool = True, machine: Machine | None = None,
+         assumptions: Assumptions | None = None) -> Plan:
     """Estimate per-GPU memory and step time for the trainer config `cfg`.
 
-    capacity_gib / peak_tflops override the cluster preset (the trainer
-    passes the real device's numbers). machine: whose fast path to plan
+    capacity_gib / peak_tflops / device_name override the cluster preset
+    (the trainer passes the real device's, `cuda_device()`). machine: whose fast path to plan
     (default: the cluster preset's GPU, else this host). assumptions: given
     by the suggestion search, which re-plans hundreds of layout variants of
     one config and need not re-derive them. Without a GPU in the cluster
@@ -525,7 +534,7 @@ def plan(cfg: Any, *, capacity_gib: float | None = None, peak_tflops: float | No
     if assumptions is None:
         fast_path = planned_fast_path(cfg, machine)
         assumptions = _assumptions_from(cfg, fast_path)
-    gpu_name, capacity, peak = _gpu_facts(cfg, capacity_gib, peak_tflops)
+    gpu_name, capacity, peak = _gpu_facts(cfg, capacity_gib, peak_tflops, device_name)
 
     padded_vocab = model_padded_vocab(model, layout.tp)
     counts = parameter_count(model, padded_vocab)
@@ -572,7 +581,7 @@ def plan(cfg: Any, *, capacity_gib: float | None = None, peak_tflops: float | No
     )
     if result.fits is False:
         suggestions = (suggest_changes(cfg, capacity_gib=capacity_gib, peak_tflops=peak_tflops,
-                                       assumptions=assumptions) if suggest else [])
+                                       device_name=device_name, assumptions=assumptions) if suggest else [])
         result = replace(result, suggestions=suggestions, refusal=_refusal_message(result, suggestions))
     return result
 
