@@ -183,6 +183,7 @@ class Plan:
     assumptions: Assumptions
     fast_path: FastPath | None = None        # what the trainer would use on this machine
     bf16: bool = True                        # train.bf16: false keeps fp32 weights and activations
+    capacity_source: str = "cluster.gpu.memory_gb"   # or the measured CUDA device the trainer passed
     problems: list[str] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     refusal: str | None = None
@@ -578,6 +579,8 @@ def plan(cfg: Any, *, capacity_gib: float | None = None, peak_tflops: float | No
         flash_attention=flash, optimizer=optimizer, zero_stage=zero_stage, padded_vocab=padded_vocab,
         parameters=counts, flops_per_token=flops_per_token, activation_per_layer=per_layer, stages=stages,
         step=step, assumptions=assumptions, fast_path=fast_path, bf16=bf16, problems=problems,
+        capacity_source="this CUDA device's memory" if device_name and capacity_gib is not None
+        else "cluster.gpu.memory_gb",
     )
     if result.fits is False:
         suggestions = (suggest_changes(cfg, capacity_gib=capacity_gib, peak_tflops=peak_tflops,
@@ -719,7 +722,7 @@ def _refusal_message(result: Plan, suggestions: list[str]) -> str:
         lines.append(f"does not fit: {result.model_name} with {result.layout.describe()}, micro batch "
                      f"{result.micro_batch_size}, recompute={result.recompute} needs about {result.peak_gib:.1f} GiB "
                      f"on the {worst.name} but {result.gpu_name or 'the GPU'} has {result.capacity_gib:g} GiB "
-                     f"(cluster.gpu.memory_gb).")
+                     f"({result.capacity_source}).")
     if suggestions:
         lines.append("change it with one of these Hydra overrides (each fits on its own):")
         lines += [f"  {s}" for s in suggestions]

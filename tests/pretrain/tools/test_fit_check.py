@@ -313,5 +313,5 @@ def test_the_real_devices_figures_override_the_preset() -> None:
     """What the trainer passes on a CUDA host (pretrain/config/validate.py::fit_errors): its own device."""
     result = plan(composed(), capacity_gib=40.0, peak_tflops=312.0, device_name="NVIDIA A100-SXM4-40GB")
     assert result.capacity_gib == 40.0 and result.fits is False
-    assert "NVIDIA A100-SXM4-40GB has 40 GiB" in result.refusal
+    assert "NVIDIA A100-SXM4-40GB has 40 GiB (this CUDA device's memory)" in result.refusal
     assert "parallel.pipeline_model_parallel_size=8 parallel.data_parallel_size=28" in result.refusal  # sized for 40 GiB
