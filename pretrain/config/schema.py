@@ -213,6 +213,9 @@ class PretrainConfig:
     growth: Optional[Any] = None
     # +experiment=mup_coord_check's settings (pretrain/tools/coord_check.py).
     coord_check: Optional[Any] = None
+    # The planner's calibration knobs (configs/plan.yaml, pretrain/tools/fit_check.py::Calibration);
+    # null: its defaults. The trainer's own fit check (pretrain/config/validate.py) reads them too.
+    plan: Optional[Any] = None
 
 
 def register() -> None:

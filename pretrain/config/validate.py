@@ -2,6 +2,7 @@
 
 Every rule returns a message naming the config key and the fix; all broken
 rules are reported together, so a 896-GPU job fails once, not once per typo.
+One rule is the planner's memory check (:func:`fit_errors`, pretrain/tools/fit_check.py).
 """
 
 from __future__ import annotations
@@ -274,9 +275,32 @@ def deepspeed_errors(cfg: DictConfig) -> list[str]:
     return errors
 
 
+def fit_errors(cfg: DictConfig) -> list[str]:
+    """The planner's verdict on this run's memory, so an impossible plan fails here, in seconds,
+    and not at the first OOM on hundreds of GPUs.
+
+    Memory and peak come from the real device when CUDA is present, else from the cluster preset
+    (cluster.gpu.memory_gb); fusions and overlaps from the fast path the trainer would choose on that
+    machine. With no GPU anywhere (a CPU run, cluster=local) the plan is informational: no error.
+    """
+    from pretrain.tools.fit_check import PlanRefused, cuda_device, local_machine, require_fit
+
+    device = cuda_device()    # (name, GiB, peak) from torch.cuda.get_device_properties, or None
+    name, capacity, peak = device if device else (None, None, None)
+    machine = local_machine() if device else None   # None: the cluster preset's GPU
+    try:
+        require_fit(cfg, capacity_gib=capacity, peak_tflops=peak, device_name=name, machine=machine)
+    except PlanRefused as refusal:
+        indented = "\n".join(f"      {line}" for line in str(refusal).splitlines())
+        return [f"pretrain.tools.fit_check refuses this plan (pretrain/tools/fit_check.py, docs/planning.md):\n{indented}"]
+    return []
+
+
 def config_errors(cfg: DictConfig, world_size: int | None, manifest: dict | None,
                   check_data: bool = True) -> list[str]:
     errors = parallel_errors(cfg, world_size) + batch_errors(cfg) + vocab_errors(cfg, manifest)
+    if not errors and cfg.model.seq_length >= 1:   # the planner needs a valid layout to say anything useful
+        errors += fit_errors(cfg)
     errors += misc_errors(cfg)
     if check_data:
         errors += data_errors(cfg, manifest)

@@ -9,10 +9,19 @@ keys to change, when the config cannot fit in `cluster.gpu.memory_gb`.
     python -m pretrain.tools.fit_check model=1t parallel=teleflm_1t train.recompute=full
     python -m pretrain.tools.fit_check parallel=single                   # refused: names TP/PP
 
-The trainer calls `plan(cfg)` (or `require_fit(cfg)`) before building a model
-so that an impossible config fails in a second, not after the first OOM on
-hundreds of GPUs. Every number is an estimate; docs/planning.md lists the
-formulas, the sources and what is left out.
+It reads the trainer's own config (configs/plan.yaml composes configs/pretrain.yaml
+with the Tele-FLM 52B recipe, configs/experiment/teleflm_52b.yaml) and takes the
+fusions and communication overlaps from `choose_fast_path` for the cluster's GPU,
+so it plans what the trainer would build there; only the calibration knobs under
+`plan:` are its own.
+
+The trainer runs the same check before any process group starts:
+pretrain/config/validate.py::fit_errors calls `require_fit` with the real
+device's memory and peak when CUDA is present, else with the cluster preset's,
+and refuses the run with this module's message; with no GPU anywhere (a CPU run,
+cluster=local) the plan is informational and never refuses. Every number is an
+estimate; docs/planning.md lists the formulas, their sources, the comparison
+with published throughput and what is left out.
 """
 
 from __future__ import annotations
@@ -21,8 +30,10 @@ import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from pretrain.model.fast_path import FastPath, Machine, choose_fast_path
 from pretrain.tools.flops import model_flops_per_token, model_padded_vocab, parameter_count
 from pretrain.tools.memory import (
     GIB,
@@ -36,34 +47,53 @@ from pretrain.tools.memory import (
 
 REFUSED_EXIT_CODE = 2
 RECOMPUTE_MODES = ("none", "selective", "full")
+# Present on every Linux host with an NVIDIA driver loaded: without it there is no CUDA device,
+# and the check costs nothing, where `import torch` to ask torch.cuda takes seconds.
+NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
 
 
 class PlanRefused(RuntimeError):
     """The config cannot run as given; the message says which keys to change."""
 
 
+CALIBRATION_KEYS = ("matmul_efficiency", "comm_efficiency", "fixed_workspace_gib", "fragmentation")
+
+
 @dataclass(frozen=True)
 class Assumptions:
-    """Calibration knobs; the same defaults live under `assumptions:` in configs/plan.yaml.
+    """What the estimate assumes: four calibration knobs and four facts about the trainer.
 
-    matmul_efficiency: achieved fraction of the dense BF16 peak for the model's
-    matmuls and attention (FLM-101B reports 51-53% MFU on A800 at TP4/PP2, which
-    needs at least that much). comm_efficiency: achieved NCCL bus bandwidth as a
-    fraction of the per-direction link bandwidth. fixed_workspace_gib: CUDA
-    context, NCCL communicators and cuBLAS/attention workspaces. fragmentation:
+    Calibration (the only planner-owned keys; `plan:` in configs/plan.yaml, same
+    defaults): matmul_efficiency, the achieved fraction of the dense BF16 peak
+    for the model's matmuls and attention (fitted on FLM-101B's A800 throughput,
+    bench/planning/calibrate.py); comm_efficiency, achieved NCCL bus bandwidth
+    as a fraction of the per-direction link bandwidth; fixed_workspace_gib, CUDA
+    context, NCCL communicators and cuBLAS/attention workspaces; fragmentation,
     caching-allocator slack on the dynamic (activation) part of memory.
-    fused_swiglu: whether SwiGLU keeps only its input (Megatron's fused
-    bias_swiglu) or also SiLU(gate), 2 bytes x s x b x ffn more per layer.
+
+    Trainer facts (never set by hand: `from_fast_path` copies them from
+    pretrain.model.fast_path.choose_fast_path for the cluster's machine):
+    the DDP overlaps, the gradient-reduce dtype, and fused_swiglu, whether
+    SwiGLU keeps only its input (megatron's bias_activation_fusion) or also
+    SiLU(gate), 2 bytes x s x b x ffn more per layer.
     """
 
-    matmul_efficiency: float = 0.55
+    matmul_efficiency: float = 0.62   # bench/planning/calibrate.py: 0.621 fitted on FLM-101B's three stages
     comm_efficiency: float = 0.75
     fixed_workspace_gib: float = 3.0
     fragmentation: float = 0.10
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = True
     grad_reduce_in_bf16: bool = False
-    fused_swiglu: bool = False   # the trainer builds megatron with bias_activation_fusion=False
+    fused_swiglu: bool = True
+
+    @classmethod
+    def from_fast_path(cls, calibration: Mapping[str, Any], fast_path: FastPath) -> "Assumptions":
+        return cls(**{k: float(calibration[k]) for k in CALIBRATION_KEYS if calibration.get(k) is not None},
+                   overlap_grad_reduce=fast_path.overlap_grad_reduce,
+                   overlap_param_gather=fast_path.overlap_param_gather,
+                   grad_reduce_in_bf16=not fast_path.grad_reduce_in_fp32,
+                   fused_swiglu=fast_path.fusions.get("bias_activation_fusion", False))
 
 
 @dataclass(frozen=True)
@@ -151,6 +181,9 @@ class Plan:
     stages: list[StageMemory]
     step: StepTime | None
     assumptions: Assumptions
+    fast_path: FastPath | None = None        # what the trainer would use on this machine
+    bf16: bool = True                        # train.bf16: false keeps fp32 weights and activations
+    capacity_source: str = "cluster.gpu.memory_gb"   # or the measured CUDA device the trainer passed
     problems: list[str] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     refusal: str | None = None
@@ -185,21 +218,59 @@ def _select(cfg: Any, dotted: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
-def _assumptions_from(cfg: Any) -> Assumptions:
-    given = _select(cfg, "assumptions", {}) or {}
-    known = Assumptions.__dataclass_fields__
-    values = {k: given[k] for k in known if _select(given, k) is not None}
-    return Assumptions(**values)
+def cluster_machine(cfg: Any) -> Machine | None:
+    """The machine a cluster preset describes: CUDA, TransformerEngine (the gpu extra), and the
+    preset's `cluster.gpu.compute_capability`; None when the preset has no GPU (cluster=local)."""
+    gpu = _select(cfg, "cluster.gpu")
+    if not gpu:
+        return None
+    capability = _select(gpu, "compute_capability")
+    return Machine(cuda=True, transformer_engine=True,
+                   compute_capability=tuple(int(v) for v in capability) if capability else None)
+
+
+def has_cuda() -> bool:
+    """A usable CUDA device here; torch is imported only where an NVIDIA driver is loaded."""
+    if not NVIDIA_DRIVER.exists():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def local_machine() -> Machine:
+    """This host, as the trainer would see it (no torch import on a host without a driver)."""
+    if not has_cuda():
+        return Machine(cuda=False, transformer_engine=False)
+    from pretrain.model.fast_path import detect_machine
+
+    return detect_machine()
+
+
+def planned_fast_path(cfg: Any, machine: Machine | None = None) -> FastPath:
+    """choose_fast_path for `machine` (default: the cluster preset's GPU, else this host)."""
+    machine = machine or cluster_machine(cfg) or local_machine()
+    try:
+        return choose_fast_path(cfg, machine)
+    except (ValueError, RuntimeError) as error:
+        raise PlanRefused(str(error)) from error
+
+
+def _assumptions_from(cfg: Any, fast_path: FastPath) -> Assumptions:
+    calibration = _select(cfg, "plan", {}) or {}
+    return Assumptions.from_fast_path({k: _select(calibration, k) for k in CALIBRATION_KEYS}, fast_path)
 
 
 def _optimizer_kind(cfg: Any) -> str:
-    """`optimizer: distributed|plain` (plan.yaml); otherwise the parallel preset decides."""
-    value = _select(cfg, "optimizer")
-    if isinstance(value, str) and value != "auto":
-        if value not in ("distributed", "plain"):
-            raise PlanRefused(f"optimizer must be distributed|plain|auto, got {value!r}")
-        return value
+    """The trainer's `parallel.use_distributed_optimizer`: distributed (state sharded over DP) or plain."""
     return "distributed" if _select(cfg, "parallel.use_distributed_optimizer", True) else "plain"
+
+
+def _zero_stage(cfg: Any) -> int | None:
+    """`deepspeed.zero_stage` when the trainer runs backend=deepspeed; None for megatron."""
+    if _select(cfg, "backend", "megatron") != "deepspeed":
+        return None
+    return int(_select(cfg, "deepspeed.zero_stage", 1))
 
 
 def _layout_from(cfg: Any) -> Layout:
@@ -213,26 +284,32 @@ def _layout_from(cfg: Any) -> Layout:
     )
 
 
-def _gpu_facts(cfg: Any, capacity_gib: float | None, peak_tflops: float | None) -> tuple[str | None, float | None, float | None]:
-    """GPU name, memory and peak: from cluster.gpu, else from the CUDA device we run on."""
-    gpu = _select(cfg, "cluster.gpu")
-    if gpu:
-        name = _select(gpu, "name")
-        capacity = capacity_gib if capacity_gib is not None else _select(gpu, "memory_gb")
-        peak = peak_tflops if peak_tflops is not None else _select(gpu, "peak_bf16_tflops")
-        return name, (float(capacity) if capacity else None), (float(peak) if peak else None)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return None, capacity_gib, peak_tflops
-    if not torch.cuda.is_available():
-        return None, capacity_gib, peak_tflops
+def cuda_device() -> tuple[str, float, float | None] | None:
+    """(name, memory GiB, dense BF16 peak or None if unknown) of this process's CUDA device; None without one."""
+    if not has_cuda():
+        return None
+    import torch
+
     from pretrain.tools.flops import detect_peak_bf16_tflops
 
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    capacity = capacity_gib if capacity_gib is not None else props.total_memory / GIB
-    peak = peak_tflops if peak_tflops is not None else detect_peak_bf16_tflops()
-    return props.name, capacity, peak
+    return props.name, props.total_memory / GIB, detect_peak_bf16_tflops()
+
+
+def _gpu_facts(cfg: Any, capacity_gib: float | None, peak_tflops: float | None,
+               device_name: str | None) -> tuple[str | None, float | None, float | None]:
+    """GPU name, memory and peak: the given device's, else cluster.gpu's, else the CUDA device we run on."""
+    gpu = _select(cfg, "cluster.gpu")
+    if gpu:
+        name = device_name or _select(gpu, "name")
+        capacity = capacity_gib if capacity_gib is not None else _select(gpu, "memory_gb")
+        peak = peak_tflops if peak_tflops is not None else _select(gpu, "peak_bf16_tflops")
+        return name, (float(capacity) if capacity else None), (float(peak) if peak else None)
+    device = cuda_device() if capacity_gib is None else None
+    if device is None:
+        return device_name, capacity_gib, peak_tflops
+    name, capacity, peak = device
+    return name, capacity, peak_tflops if peak_tflops is not None else peak
 
 
 # ----------------------------------------------------------------------------
@@ -271,7 +348,7 @@ def _layer_problems(cfg: Any, layout: Layout, micro_batch: int, global_batch: in
 
 def _stage_memory(name: str, stage: int, *, cfg: Any, layout: Layout, shape: BlockShape, padded_vocab: int,
                   counts: dict[str, int], recompute: str, flash: bool, optimizer: str, zero_stage: int | None,
-                  micro_batches: int, assumptions: Assumptions) -> StageMemory:
+                  micro_batches: int, assumptions: Assumptions, bf16: bool) -> StageMemory:
     model = cfg["model"]
     layers_total = int(_select(model, "num_layers"))
     layers = math.ceil(layers_total / layout.pp)
@@ -289,21 +366,25 @@ def _stage_memory(name: str, stage: int, *, cfg: Any, layout: Layout, shape: Blo
     shard_optimizer = optimizer == "distributed" or (zero_stage or 0) >= 1
     shard_grads = (zero_stage or 0) >= 2
     shard_weights = (zero_stage or 0) >= 3
-    weights = 2.0 * params / (dp if shard_weights else 1)            # bf16 copies the matmuls read
+    # train.bf16: bf16 weights + fp32 master in the optimizer (12 bytes: master, Adam m, v);
+    # fp32 training: the weights are the master copy (optimizer state is Adam m, v: 8 bytes).
+    weight_bytes, state_bytes, activation_scale = (2.0, 12.0, 1.0) if bf16 else (4.0, 8.0, 2.0)
+    weights = weight_bytes * params / (dp if shard_weights else 1)
     gradients = 4.0 * params / (dp if shard_grads else 1)            # fp32 main_grad accumulation buffer
-    optimizer_bytes = 12.0 * params / (dp if shard_optimizer else 1)  # fp32 master + Adam m and v
+    optimizer_bytes = state_bytes * params / (dp if shard_optimizer else 1)
     zero3_gather = 0.0
-    if shard_weights:  # two layers' full bf16 weights gathered at a time (current + prefetch)
-        zero3_gather = 2 * 2.0 * (counts["per_layer_matmul"] // tp)
+    if shard_weights:  # two layers' full weights gathered at a time (current + prefetch)
+        zero3_gather = 2 * weight_bytes * (counts["per_layer_matmul"] // tp)
 
-    per_layer = layer_activation_bytes(shape, tp, layout.sequence_parallel, recompute, flash)
+    # The activation formulas count bf16 bytes; fp32 training keeps every one of them at 4.
+    per_layer = activation_scale * layer_activation_bytes(shape, tp, layout.sequence_parallel, recompute, flash)
     in_flight = in_flight_layer_activations(stage, layers_total, layout.pp, layout.vpp, micro_batches)
     activations = per_layer * in_flight
-    working = recompute_working_bytes(shape, tp, layout.sequence_parallel, recompute, flash)
+    working = activation_scale * recompute_working_bytes(shape, tp, layout.sequence_parallel, recompute, flash)
     logits = logits_bytes(shape.seq_length, shape.micro_batch, hidden, padded_vocab, tp,
                           layout.sequence_parallel) if is_last else 0.0
-    buffers = pipeline_buffer_bytes(shape.seq_length, shape.micro_batch, hidden, tp, layout.sequence_parallel,
-                                    layout.pp)
+    buffers = activation_scale * pipeline_buffer_bytes(shape.seq_length, shape.micro_batch, hidden, tp,
+                                                       layout.sequence_parallel, layout.pp)
     dynamic = activations + working + logits + buffers + zero3_gather
     return StageMemory(
         name=name, layers=layers, parameters=params, weights=weights, gradients=gradients,
@@ -426,12 +507,17 @@ def _step_time(cfg: Any, *, layout: Layout, shape: BlockShape, padded_vocab: int
 # ----------------------------------------------------------------------------
 
 def plan(cfg: Any, *, capacity_gib: float | None = None, peak_tflops: float | None = None,
-         suggest: bool = True) -> Plan:
-    """Estimate per-GPU memory and step time for `cfg` (model, parallel, cluster, train groups).
+         device_name: str | None = None, suggest: bool = True, machine: Machine | None = None,
+         assumptions: Assumptions | None = None) -> Plan:
+    """Estimate per-GPU memory and step time for the trainer config `cfg`.
 
-    capacity_gib / peak_tflops override the cluster preset (the trainer can
-    pass the real device's numbers). Without a GPU in the cluster preset and
-    no CUDA device the plan is informational: `fits` is None, `refusal` None.
+    capacity_gib / peak_tflops / device_name override the cluster preset
+    (the trainer passes the real device's, `cuda_device()`). machine: whose fast path to plan
+    (default: the cluster preset's GPU, else this host). assumptions: given
+    by the suggestion search, which re-plans hundreds of layout variants of
+    one config and need not re-derive them. Without a GPU in the cluster
+    preset and no CUDA device the plan is informational: `fits` is None,
+    `refusal` None.
     """
     model = cfg["model"]
     layout = _layout_from(cfg)
@@ -441,12 +527,15 @@ def plan(cfg: Any, *, capacity_gib: float | None = None, peak_tflops: float | No
     recompute = str(_select(cfg, "train.recompute", "none"))
     if recompute not in RECOMPUTE_MODES:
         raise PlanRefused(f"train.recompute must be one of {RECOMPUTE_MODES}, got {recompute!r}")
-    flash = bool(_select(cfg, "train.flash_attention", True))
+    # TE's fused attention and SDPA (the local spec) are both flash-style: no s x s scores kept.
+    flash = True
     optimizer = _optimizer_kind(cfg)
-    zero_stage = _select(cfg, "zero_stage")
-    zero_stage = None if zero_stage is None else int(zero_stage)
-    assumptions = _assumptions_from(cfg)
-    gpu_name, capacity, peak = _gpu_facts(cfg, capacity_gib, peak_tflops)
+    zero_stage = _zero_stage(cfg)
+    fast_path = None
+    if assumptions is None:
+        fast_path = planned_fast_path(cfg, machine)
+        assumptions = _assumptions_from(cfg, fast_path)
+    gpu_name, capacity, peak = _gpu_facts(cfg, capacity_gib, peak_tflops, device_name)
 
     padded_vocab = model_padded_vocab(model, layout.tp)
     counts = parameter_count(model, padded_vocab)
@@ -464,9 +553,10 @@ def plan(cfg: Any, *, capacity_gib: float | None = None, peak_tflops: float | No
     problems = _layer_problems(cfg, layout, micro_batch, global_batch, seq)
     micro_batches = max(1, global_batch // (micro_batch * layout.dp))
 
+    bf16 = bool(_select(cfg, "train.bf16", True))
     common = dict(cfg=cfg, layout=layout, shape=shape, padded_vocab=padded_vocab, counts=counts,
                   recompute=recompute, flash=flash, optimizer=optimizer, zero_stage=zero_stage,
-                  micro_batches=micro_batches, assumptions=assumptions)
+                  micro_batches=micro_batches, assumptions=assumptions, bf16=bf16)
     stage_ids = [0] if layout.pp == 1 else [0, layout.pp - 1]
     names = ["only stage"] if layout.pp == 1 else ["first stage", "last stage"]
     # With PP1 the only stage is both first (embedding) and last (output layer, logits).
@@ -488,10 +578,13 @@ def plan(cfg: Any, *, capacity_gib: float | None = None, peak_tflops: float | No
         micro_batch_size=micro_batch, global_batch_size=global_batch, recompute=recompute,
         flash_attention=flash, optimizer=optimizer, zero_stage=zero_stage, padded_vocab=padded_vocab,
         parameters=counts, flops_per_token=flops_per_token, activation_per_layer=per_layer, stages=stages,
-        step=step, assumptions=assumptions, problems=problems,
+        step=step, assumptions=assumptions, fast_path=fast_path, bf16=bf16, problems=problems,
+        capacity_source="this CUDA device's memory" if device_name and capacity_gib is not None
+        else "cluster.gpu.memory_gb",
     )
     if result.fits is False:
-        suggestions = suggest_changes(cfg, capacity_gib=capacity_gib, peak_tflops=peak_tflops) if suggest else []
+        suggestions = (suggest_changes(cfg, capacity_gib=capacity_gib, peak_tflops=peak_tflops,
+                                       device_name=device_name, assumptions=assumptions) if suggest else [])
         result = replace(result, suggestions=suggestions, refusal=_refusal_message(result, suggestions))
     return result
 
@@ -534,7 +627,6 @@ def _candidate_changes(cfg: Any) -> list[dict[str, Any]]:
     """Single changes worth trying, cheapest in throughput first."""
     layout = _layout_from(cfg)
     recompute = str(_select(cfg, "train.recompute", "none"))
-    flash = bool(_select(cfg, "train.flash_attention", True))
     micro_batch = int(_select(cfg, "train.micro_batch_size", 1))
     per_node = int(_select(cfg, "cluster.gpus_per_node", 8) or 8)
     changes: list[dict[str, Any]] = []
@@ -546,10 +638,8 @@ def _candidate_changes(cfg: Any) -> list[dict[str, Any]]:
             if global_batch % (micro_batch * dp) == 0:
                 changes.append({"parallel.data_parallel_size": dp})
                 break
-    if recompute == "none" and not flash:
-        changes.append({"train.recompute": "selective"})
-    if _optimizer_kind(cfg) == "plain" and _select(cfg, "zero_stage") is None:
-        changes.append({"optimizer": "distributed"})
+    if _optimizer_kind(cfg) == "plain" and _zero_stage(cfg) is None:
+        changes.append({"parallel.use_distributed_optimizer": True})
     if micro_batch > 1:
         changes.append({"train.micro_batch_size": 1})
     if recompute != "full":
@@ -632,7 +722,7 @@ def _refusal_message(result: Plan, suggestions: list[str]) -> str:
         lines.append(f"does not fit: {result.model_name} with {result.layout.describe()}, micro batch "
                      f"{result.micro_batch_size}, recompute={result.recompute} needs about {result.peak_gib:.1f} GiB "
                      f"on the {worst.name} but {result.gpu_name or 'the GPU'} has {result.capacity_gib:g} GiB "
-                     f"(cluster.gpu.memory_gb).")
+                     f"({result.capacity_source}).")
     if suggestions:
         lines.append("change it with one of these Hydra overrides (each fits on its own):")
         lines += [f"  {s}" for s in suggestions]
@@ -670,9 +760,19 @@ def format_plan(result: Plan) -> str:
         f"{_count(counts['matmul'])}), model FLOPs/token {result.flops_per_token:.4g} "
         f"(6N + 6·L·s·d, causal, s={result.seq_length})",
         f"global batch {result.global_batch_size} x {result.seq_length} tokens, micro batch "
-        f"{result.micro_batch_size}, recompute={result.recompute}, flash attention={result.flash_attention}, "
+        f"{result.micro_batch_size}, {'bf16' if result.bf16 else 'fp32 (train.bf16=false)'}, recompute={result.recompute}, "
+        f"flash attention={result.flash_attention}, "
         + (f"optimizer=DeepSpeed ZeRO-{result.zero_stage}" if result.zero_stage is not None
            else f"optimizer={result.optimizer}"),
+    ]
+    if result.fast_path is not None:
+        fp = result.fast_path
+        fused = [name for name, on in fp.fusions.items() if on]
+        lines.append(f"trainer fast path on this GPU (pretrain/model/fast_path.py): spec={fp.spec}, "
+                     f"attention={fp.attention}, fusions={'+'.join(fused) or 'none'}, overlap_grad_reduce="
+                     f"{fp.overlap_grad_reduce}, overlap_param_gather={fp.overlap_param_gather}, grad reduce in "
+                     f"{'fp32' if fp.grad_reduce_in_fp32 else 'bf16'}" + (f", fp8={fp.fp8}" if fp.fp8 else ""))
+    lines += [
         "",
         "activations per layer and micro-batch (MiB): " + ", ".join(
             f"{mode} {value / 2**20:.1f}" for mode, value in result.activation_per_layer.items()),
@@ -682,9 +782,9 @@ def format_plan(result: Plan) -> str:
     ]
     rows = [
         ("layers / parameters", lambda st: f"{st.layers} / {_count(st.parameters)}"),
-        ("weights (bf16)", lambda st: _gib(st.weights)),
+        (f"weights ({'bf16' if result.bf16 else 'fp32, train.bf16=false'})", lambda st: _gib(st.weights)),
         ("gradients (fp32 main_grad)", lambda st: _gib(st.gradients)),
-        ("optimizer (fp32 master + Adam m, v" + (", /DP)" if result.optimizer == "distributed" or
+        (("optimizer (fp32 master + Adam m, v" if result.bf16 else "optimizer (Adam m, v") + (", /DP)" if result.optimizer == "distributed" or
                                                  result.zero_stage else ")"), lambda st: _gib(st.optimizer)),
         (f"activations ({result.recompute}, x in flight)", lambda st: f"{_gib(st.activations)} (x{st.in_flight:g})"),
         ("recompute working layer", lambda st: _gib(st.recompute_working)),

@@ -131,3 +131,60 @@ def test_seq_length_longer_than_a_heldout_source_is_refused_when_the_heldout_los
     # without the held-out loss (BPB scores each document in its own windows) it is accepted
     assert errors_for(data_dir, manifest, "model.seq_length=16384", "train.eval_interval=0") == []
     assert errors_for(data_dir, manifest, "model.seq_length=2048") == []
+
+
+# --- issue 17: the trainer runs the planner's fit check and refuses what cannot fit --------------
+
+def test_teleflm_52b_recipe_is_valid_at_896_gpus():
+    """The one 52B recipe (configs/experiment/teleflm_52b.yaml) passes every rule, the fit check included."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose("pretrain", overrides=["+experiment=teleflm_52b"])
+    assert (cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size,
+            cfg.parallel.data_parallel_size, cfg.cluster.name) == (4, 2, 112, "a800")
+    assert config_errors(cfg, 896, None, check_data=False) == []
+    assert any("WORLD_SIZE" in e for e in config_errors(cfg, 8, None, check_data=False))
+
+
+def test_a_plan_that_does_not_fit_the_cluster_gpu_is_refused_naming_keys(data_dir, manifest):
+    errors = errors_for(data_dir, manifest, "model=52b", "cluster=a800", "model.seq_length=128")
+    refusal = [e for e in errors if "pretrain.tools.fit_check refuses" in e]
+    assert len(refusal) == 1, errors
+    assert "does not fit" in refusal[0] and "cluster.gpu.memory_gb" in refusal[0]
+    assert "parallel.tensor_model_parallel_size=" in refusal[0] and "parallel.pipeline_model_parallel_size=" in refusal[0]
+    # the same layout with the 52B recipe's TP4 PP2 over 112 nodes fits
+    assert errors_for(data_dir, manifest, "model=52b", "cluster=a800", "model.seq_length=128",
+                      "parallel=teleflm_52b", "train.micro_batch_size=1", "train.global_batch_size=1344",
+                      "train.bf16=true", world_size=896) == []
+
+
+def test_without_a_gpu_the_plan_is_informational(data_dir, manifest):
+    from pretrain.tools.fit_check import has_cuda
+
+    errors = errors_for(data_dir, manifest, "model=52b", "cluster=local", "model.seq_length=128")
+    refused = any("pretrain.tools.fit_check refuses" in e for e in errors)
+    # CPU host + cluster=local: nothing to check against. A CUDA host checks its real device (one GPU).
+    assert refused is has_cuda(), errors
+
+
+def test_python_m_pretrain_refuses_before_any_process_group(data_dir, tmp_path):
+    """The real entry point: exits non-zero with the planner's message, launches nothing, writes no run."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    repo = CONFIGS.parent
+    run_dir = tmp_path / "run"
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "pretrain", "model=52b", "parallel=single", "cluster=a800", f"data.path={data_dir}",
+         "model.vocab_size=512", "model.seq_length=128", f"run_dir={run_dir}"],
+        cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    assert done.returncode != 0
+    assert "pretrain.tools.fit_check refuses this plan" in done.stderr, done.stderr
+    assert "does not fit: 52b with TP1 PP1 DP1" in done.stderr
+    assert "parallel.tensor_model_parallel_size=" in done.stderr
+    assert "launching" not in done.stdout and "torch.distributed" not in done.stderr
+    assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "checkpoints").exists()
+    assert elapsed < 60, f"the refusal took {elapsed:.0f} s"
