@@ -297,9 +297,10 @@ def stage_errors(cfg: DictConfig, manifest: dict | None) -> list[str]:
             errors.append(f"train.rampup_batch_size={list(ramp)}: give [start, increment, ramp samples]")
         else:
             start, increment, samples = (int(x) for x in ramp)
-            if increment < 1 or samples < 0 or not 0 < start < t.global_batch_size:
+            if increment < 1 or samples < 1 or not 0 < start < t.global_batch_size:
+                # ramp samples 0 divides by zero in megatron's calculator
                 errors.append(f"train.rampup_batch_size={list(ramp)}: need 0 < start < train.global_batch_size="
-                              f"{t.global_batch_size}, increment >= 1, ramp samples >= 0")
+                              f"{t.global_batch_size}, increment >= 1, ramp samples >= 1")
             elif (t.global_batch_size - start) % increment:
                 errors.append(f"train.rampup_batch_size={list(ramp)}: train.global_batch_size - start "
                               f"({t.global_batch_size - start}) must be a multiple of the increment ({increment})")
@@ -314,8 +315,8 @@ def stage_errors(cfg: DictConfig, manifest: dict | None) -> list[str]:
         key = f"train.stages[{i}]"
         start = stage.start_step
         starts.append(start)
-        if not 1 <= start <= t.train_iters:
-            errors.append(f"{key}.start_step={start} must be in [1, train.train_iters={t.train_iters}]")
+        if start < 1:  # one after train.train_iters is fine: a later call with more iterations reaches it
+            errors.append(f"{key}.start_step={start} must be >= 1 (steps are 1-based)")
         if stage.weights:
             weights = dict(stage.weights)
             unknown = set(weights) - sources if manifest is not None else set()
