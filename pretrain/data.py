@@ -101,10 +101,12 @@ def _gpt_config(cfg: DictConfig, blend_per_split: list, cache_dir: Path, tokeniz
         blend_per_split=blend_per_split,
         path_to_cache=str(cache_dir),
         tokenizer=tokenizer,
-        reset_position_ids=False,
-        reset_attention_mask=False,
+        reset_position_ids=False,     # RoPE is relative: a document's scores do not depend on its offset
+        # model.document_mask: megatron's per-document mask (no attention across an EOD);
+        # otherwise plain causal attention, which SDPA builds itself
+        reset_attention_mask=bool(cfg.model.get("document_mask", False)),
         eod_mask_loss=False,
-        create_attention_mask=False,  # causal attention; SDPA builds the mask itself
+        create_attention_mask=bool(cfg.model.get("document_mask", False)),
     )
 
 
@@ -152,5 +154,7 @@ def microbatches(dataset, consumed_samples: int, micro_batch_size: int, num_micr
     for k in range(num_microbatches):
         start = consumed_samples + (k * dp_size + dp_rank) * micro_batch_size
         samples = [dataset[i] for i in range(start, start + micro_batch_size)]
-        yield {key: torch.stack([torch.as_tensor(s[key]) for s in samples])
-               for key in ("tokens", "labels", "loss_mask", "position_ids")}
+        keys = ["tokens", "labels", "loss_mask", "position_ids"]
+        if samples[0].get("attention_mask") is not None:  # model.document_mask: [1, s, s] each
+            keys.append("attention_mask")
+        yield {key: torch.stack([torch.as_tensor(s[key]) for s in samples]) for key in keys}

@@ -190,6 +190,7 @@ class ModelConfig:
     input_mult: float = 1.0                         # embedding output x input_mult
     output_mult: float = 1.0                        # logits x output_mult / width_mult
     embedding_grad_shrink: float = 1.0              # GLM-130B embedding gradient shrink; 1.0: off (docs/spikes.md)
+    document_mask: bool = False                     # packed sequences: no attention across EOD (local SDPA spec only)
     mup: MupConfig = field(default_factory=MupConfig)
 
 
