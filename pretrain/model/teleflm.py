@@ -177,6 +177,9 @@ class SdpaAttention(MegatronModule):
         super().__init__(config=config)
         if attn_mask_type != AttnMaskType.causal:
             raise ValueError(f"SdpaAttention supports causal masks only, got {attn_mask_type}")
+        if config.context_parallel_size > 1:  # it would attend within this rank's sequence chunk only
+            raise ValueError("SdpaAttention has no context-parallel (ring) attention: megatron-core's is "
+                             "TEDotProductAttention only (TransformerEngine, CUDA); docs/pretrain.md")
         self.softmax_scale = softmax_scale  # None -> 1/sqrt(head_dim), as megatron
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         tp = config.tensor_model_parallel_size
