@@ -169,6 +169,17 @@ class MupConfig:
 
 
 @dataclass
+class RopeScalingConfig:
+    """RoPE scaling for a long-context stage (pretrain/model/rope.py); the HF export writes the
+    matching ``rope_parameters``. Changing ``model.rotary_base`` alone is the base-change method."""
+    type: str = "none"                    # none | linear (position interpolation) | yarn
+    factor: float = 1.0                   # context extension ratio (32k from 4k: 8)
+    original_max_position_embeddings: Optional[int] = None  # yarn: the pre-extension context (null: seq_length / factor)
+    beta_fast: float = 32.0               # yarn: rotations above which dimensions are not interpolated
+    beta_slow: float = 1.0                # yarn: rotations below which dimensions are fully interpolated
+
+
+@dataclass
 class ModelConfig:
     """A Tele-FLM-architecture GPT (configs/model/*.yaml; pretrain/model/teleflm.py)."""
     name: str = MISSING
@@ -191,6 +202,7 @@ class ModelConfig:
     output_mult: float = 1.0                        # logits x output_mult / width_mult
     embedding_grad_shrink: float = 1.0              # GLM-130B embedding gradient shrink; 1.0: off (docs/spikes.md)
     document_mask: bool = False                     # packed sequences: no attention across EOD (local SDPA spec only)
+    rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)  # long context (none: plain RoPE)
     mup: MupConfig = field(default_factory=MupConfig)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from pretrain.model.rope import ROPE_SCALING_TYPES
 from pretrain.train.stages import LR_STYLES, RAMPUP_LR_SCALING
 
 LR_DECAY_STYLES = ("cosine", "wsd", "constant")
@@ -245,6 +246,11 @@ def misc_errors(cfg: DictConfig) -> list[str]:
         errors.append(f"logging.wandb.mode={mode!r}: use one of {WANDB_MODES}")
     if cfg.model.seq_length < 1:
         errors.append("model.seq_length must be >= 1")
+    rs = cfg.model.rope_scaling
+    if rs.type not in ROPE_SCALING_TYPES:
+        errors.append(f"model.rope_scaling.type={rs.type!r}: use one of {ROPE_SCALING_TYPES}")
+    elif rs.type != "none" and not rs.factor > 1.0:
+        errors.append(f"model.rope_scaling.factor={rs.factor} must be > 1 with model.rope_scaling.type={rs.type}")
     if cfg.checkpoint.keep_last < 1:
         errors.append("checkpoint.keep_last must be >= 1 (the latest checkpoint is always kept)")
     return errors

@@ -39,6 +39,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from pretrain.config.resolve import padded_vocab_size, resolved_vocab_size  # noqa: F401 (re-exported)
 from pretrain.config.schema import typed, typed_model
+from pretrain.model.rope import configure_yarn, gpt_model_kwargs
 
 try:  # TransformerEngine is only on GPU clusters.
     import transformer_engine  # noqa: F401
@@ -347,6 +348,7 @@ def build_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = 
     cfg = typed(cfg, strict=False)
     config = transformer_config_from(cfg)
     m = cfg.model
+    configure_yarn(config, m)
     tp = cfg.parallel.tensor_model_parallel_size
     vocab = resolved_vocab_size(m, tp)
     model = GPTModel(
@@ -359,9 +361,9 @@ def build_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = 
         post_process=post_process,
         parallel_output=True,
         share_embeddings_and_output_weights=False,
-        position_embedding_type="rope",
         rotary_base=m.rotary_base,
         vp_stage=vp_stage,
+        **gpt_model_kwargs(m),  # position_embedding_type: rope, or yarn (model.rope_scaling)
     )
     initialize_parameters(model, m, seed=cfg.train.seed)
     input_mult = m.input_mult
