@@ -129,7 +129,7 @@ def build_datasets(cfg: DictConfig, manifest: dict[str, Any], cache_dir: Path) -
             GPTDataset, [None, 0, 0], lambda: True,
             _gpt_config(cfg, [([prefix], None), None, None], cache_dir, tokenizer)).build()
         sources[source] = SourceStream(one_epoch, train.seed, i)
-    stream = MixtureStream(sources, base_weights(manifest, weights))
+    stream = MixtureStream(sources, base_weights(manifest, weights), cfg.model.seq_length)
     valid_ds = None
     valid = heldout_blend(manifest) if train.eval_interval and train.eval_iters else None
     if valid:

@@ -98,7 +98,8 @@ class MixtureStream:
     """Global sample i -> (source, that source's sample k) through the segments; a dataset
     (``stream[i]`` is a GPTDataset sample) the microbatch order indexes by ``consumed_samples``."""
 
-    def __init__(self, sources: dict[str, SourceStream], weights: dict[str, float]) -> None:
+    def __init__(self, sources: dict[str, SourceStream], weights: dict[str, float], seq_length: int = 0) -> None:
+        self.seq_length = seq_length  # a cursor counts samples of this length
         self.names = sorted(sources)
         self.sources = [sources[name] for name in self.names]
         self.source_ids = {name: i for i, name in enumerate(self.names)}
@@ -157,7 +158,7 @@ class MixtureStream:
     def state_dict(self, at: int) -> dict[str, Any]:
         """What a checkpoint at ``consumed_samples = at`` keeps: the segments up to ``at`` and
         the cursors reached at ``at`` (enough to continue if the set of sources changes)."""
-        return {"sources": list(self.names), "at": at, "cursors_at": self.cursors(at),
+        return {"sources": list(self.names), "seq_length": self.seq_length, "at": at, "cursors_at": self.cursors(at),
                 "segments": [s.as_dict() for s in self.segments if s.start <= at]}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
@@ -167,6 +168,13 @@ class MixtureStream:
         be replayed: one segment starts at the checkpoint's position, each kept source at the
         cursor it had reached, a new one at 0, weights uniform until the config's are set."""
         if not state:
+            return
+        if int(state.get("seq_length", self.seq_length)) != self.seq_length:
+            # Another sequence length (a long-context stage from a short-context checkpoint):
+            # the per-source streams are other sample sequences (samples are shuffled windows of
+            # the same document order), so a cursor in old samples means nothing here. Every
+            # source starts its new stream at 0 from the checkpoint's position.
+            self.segments = [Segment(int(state["at"]), list(self.segments[0].weights), [0] * len(self.names))]
             return
         if list(state["sources"]) == self.names:
             self.segments = [Segment(int(s["start"]), [float(w) for w in s["weights"]],

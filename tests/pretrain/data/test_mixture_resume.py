@@ -113,3 +113,15 @@ def test_epochs_wrap_in_a_new_order(data_dir, tmp_path):
     second = [web.index(k) for k in range(n, 2 * n)]
     assert sorted(second) == list(range(n)) and second != list(range(n))
     assert stream.locate(n + 3) == ("web", n + 3)
+
+
+def test_a_new_sequence_length_starts_every_source_afresh(data_dir, tmp_path):
+    """A long-context stage from a short-context checkpoint: the old cursors count other samples."""
+    manifest = read_manifest(data_dir)
+    short = build_datasets(config(data_dir, {"web": 0.7, "code": 0.3}), manifest, tmp_path).train
+    cfg = config(data_dir, {"web": 0.7, "code": 0.3})
+    cfg.model.seq_length = 2 * SEQ
+    long = build_datasets(cfg, manifest, tmp_path).train
+    long.load_state_dict(short.state_dict(N))
+    assert long.cursors(N) == [0, 0] and long.locate(N)[1] == 0
+    assert len(long[N]["tokens"]) == 2 * SEQ
