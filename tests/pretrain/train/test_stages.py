@@ -97,6 +97,16 @@ def test_anneal_preset_composes_and_validates():
         cfg, {"train": {s: {} for s in stages[-1].weights if s != "books"}})[0]
 
 
+def test_long_context_preset_composes_and_validates():
+    from tests.pretrain.config.test_schema import compose_pretrain
+
+    cfg = compose_pretrain("model=52b", "parallel=teleflm_52b", "cluster=a800", "+experiment=teleflm_52b_long_context")
+    assert cfg.model.seq_length == 32768 and cfg.model.rope_scaling.type == "yarn"
+    assert config_errors(cfg, 896, None, check_data=False) == []
+    stages = stages_from(cfg)
+    assert stage_lr(stages, 363001) == stage_lr(stages, 365000) == cfg.train.min_lr
+
+
 def rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
