@@ -47,13 +47,15 @@ def shapes_from_run_config(run_cfg: DictConfig, vocab_rows: int, trim_vocab: boo
 def hf_config(run_cfg: DictConfig, s: Shapes, dtype: torch.dtype, special_ids: dict[str, int | None]):
     from transformers import LlamaConfig
 
+    from pretrain.model.rope import hf_rope_parameters
+
     m = run_cfg.model
     return LlamaConfig(
         vocab_size=s.vocab_size, hidden_size=s.hidden_size, intermediate_size=s.ffn_hidden_size,
         num_hidden_layers=s.num_layers, num_attention_heads=s.num_attention_heads,
         num_key_value_heads=s.num_query_groups, head_dim=s.head_dim,
         max_position_embeddings=int(m.seq_length), rms_norm_eps=float(OmegaConf.select(m, "norm_epsilon") or 1e-5),
-        rope_parameters={"rope_type": "default", "rope_theta": float(OmegaConf.select(m, "rotary_base") or 10000)},
+        rope_parameters=hf_rope_parameters(m),   # default, linear or yarn (pretrain/model/rope.py)
         hidden_act="silu", attention_bias=False, mlp_bias=False, tie_word_embeddings=False,
         initializer_range=float(m.init_method_std), dtype=str(dtype).removeprefix("torch."),
         architectures=["LlamaForCausalLM"], **special_ids)

@@ -1,12 +1,14 @@
 """Training and held-out samples from the tokenizer stage's indexed datasets.
 
 The tokenizer stage writes ``<data.path>/manifest.json`` next to megatron
-``.bin/.idx`` pairs.  Samples come from megatron-core's
-``BlendedMegatronDatasetBuilder`` + ``GPTDataset`` with blend weights from the
-manifest (``data.weights`` may override them); their order is a pure function
-of ``train.seed``.  Which samples a step reads is a pure function of
-``consumed_samples``, so a resumed run reads exactly what an uninterrupted one
-would have read.
+``.bin/.idx`` pairs.  Training samples: one
+megatron ``GPTDataset`` per source, mixed by :mod:`pretrain.mixture` through
+per-source cursors with weights from the manifest (``data.weights`` and
+``train.stages`` may override them); their order is a pure function of
+``train.seed`` and the realised weight schedule (kept in checkpoints).  Which
+samples a step reads is a pure function of ``consumed_samples`` and that
+schedule, so a resumed run reads exactly what an uninterrupted one would have
+read, and a weight change neither repeats nor skips a source's samples.
 """
 
 from __future__ import annotations
@@ -57,22 +59,6 @@ def load_tokenizer(manifest: dict[str, Any]):
     return ManifestTokenizer(manifest)
 
 
-def train_blend(manifest: dict[str, Any], weight_overrides: dict | None) -> tuple[list[str], list[float]]:
-    """(prefixes, weights) for the training mixture; ``data.weights`` wins over the manifest."""
-    overrides = dict(weight_overrides or {})
-    unknown = set(overrides) - set(manifest["train"])
-    if unknown:
-        raise ValueError(f"data.weights names sources not in the manifest: {sorted(unknown)}; "
-                         f"known: {sorted(manifest['train'])}")
-    prefixes, weights = [], []
-    for source, entry in sorted(manifest["train"].items()):
-        weight = float(overrides.get(source, entry.get("weight", entry.get("tokens", 1))))
-        if weight > 0:
-            prefixes.append(entry["prefix"])
-            weights.append(weight)
-    return prefixes, weights
-
-
 def heldout_blend(manifest: dict[str, Any]) -> tuple[list[str], list[float]] | None:
     """Held-out sources weighted by their token counts (a fixed evaluation mixture)."""
     by_source = (manifest.get("heldout") or {}).get("by_source") or {}
@@ -90,34 +76,68 @@ class Datasets:
     tokenizer: Any
 
 
+def train_sources(manifest: dict[str, Any]) -> dict[str, str]:
+    """{source: indexed prefix} of every training source (weight 0 ones too: a stage may use them)."""
+    return {source: entry["prefix"] for source, entry in sorted(manifest["train"].items())}
+
+
+def base_weights(manifest: dict[str, Any], weight_overrides: dict | None) -> dict[str, float]:
+    """{source: weight} before any stage: ``data.weights`` wins over the manifest's weights."""
+    overrides = dict(weight_overrides or {})
+    unknown = set(overrides) - set(manifest["train"])
+    if unknown:
+        raise ValueError(f"data.weights names sources not in the manifest: {sorted(unknown)}; "
+                         f"known: {sorted(manifest['train'])}")
+    return {source: float(overrides.get(source, entry.get("weight", entry.get("tokens", 1))))
+            for source, entry in sorted(manifest["train"].items())}
+
+
+def _gpt_config(cfg: DictConfig, blend_per_split: list, cache_dir: Path, tokenizer):
+    from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
+
+    return GPTDatasetConfig(
+        random_seed=cfg.train.seed,
+        sequence_length=cfg.model.seq_length,
+        blend_per_split=blend_per_split,
+        path_to_cache=str(cache_dir),
+        tokenizer=tokenizer,
+        reset_position_ids=False,     # RoPE is relative: a document's scores do not depend on its offset
+        # model.document_mask: megatron's per-document mask (no attention across an EOD);
+        # otherwise plain causal attention, which SDPA builds itself
+        reset_attention_mask=bool(cfg.model.get("document_mask", False)),
+        eod_mask_loss=False,
+        create_attention_mask=bool(cfg.model.get("document_mask", False)),
+    )
+
+
 def build_datasets(cfg: DictConfig, manifest: dict[str, Any], cache_dir: Path) -> Datasets:
-    """Build train (and held-out) GPTDatasets; call on every rank (megatron coordinates caching)."""
+    """Build the training stream (:class:`pretrain.mixture.MixtureStream`: one one-epoch
+    GPTDataset per source, read through per-source cursors) and the held-out blend; call on
+    every rank (megatron coordinates caching)."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+
+    from pretrain.mixture import MixtureStream, SourceStream
 
     tokenizer = load_tokenizer(manifest)
     train = cfg.train
     weights = OmegaConf.to_container(cfg.data.weights) if cfg.data.weights else None
+    sources = {}
+    for i, (source, prefix) in enumerate(train_sources(manifest).items()):
+        # sizes None: exactly one epoch of this source, whatever the run's length or weights
+        one_epoch, _, _ = BlendedMegatronDatasetBuilder(
+            GPTDataset, [None, 0, 0], lambda: True,
+            _gpt_config(cfg, [([prefix], None), None, None], cache_dir, tokenizer)).build()
+        sources[source] = SourceStream(one_epoch, train.seed, i)
+    stream = MixtureStream(sources, base_weights(manifest, weights), cfg.model.seq_length)
+    valid_ds = None
     valid = heldout_blend(manifest) if train.eval_interval and train.eval_iters else None
-    num_evals = train.train_iters // train.eval_interval + 1 if valid else 0
-    # data.train_samples (optional): one stream size for runs split into several trainer
-    # invocations (growth stages): megatron's sample order depends on the requested size.
-    train_samples = cfg.data.train_samples or train.train_iters * train.global_batch_size
-    sizes = [train_samples, num_evals and train.eval_iters * train.global_batch_size, 0]
-    dataset_config = GPTDatasetConfig(
-        random_seed=train.seed,
-        sequence_length=cfg.model.seq_length,
-        blend_per_split=[train_blend(manifest, weights), valid, None],
-        path_to_cache=str(cache_dir),
-        tokenizer=tokenizer,
-        reset_position_ids=False,
-        reset_attention_mask=False,
-        eod_mask_loss=False,
-        create_attention_mask=False,  # causal attention; SDPA builds the mask itself
-    )
-    train_ds, valid_ds, _ = BlendedMegatronDatasetBuilder(
-        GPTDataset, sizes, lambda: True, dataset_config).build()
-    return Datasets(train=train_ds, valid=valid_ds, tokenizer=tokenizer)
+    if valid:
+        num_evals = train.train_iters // train.eval_interval + 1
+        _, valid_ds, _ = BlendedMegatronDatasetBuilder(
+            GPTDataset, [0, num_evals * train.eval_iters * train.global_batch_size, 0], lambda: True,
+            _gpt_config(cfg, [None, valid, None], cache_dir, tokenizer)).build()
+    return Datasets(train=stream, valid=valid_ds, tokenizer=tokenizer)
 
 
 def microbatches(dataset, consumed_samples: int, micro_batch_size: int, num_microbatches: int,
@@ -134,5 +154,7 @@ def microbatches(dataset, consumed_samples: int, micro_batch_size: int, num_micr
     for k in range(num_microbatches):
         start = consumed_samples + (k * dp_size + dp_rank) * micro_batch_size
         samples = [dataset[i] for i in range(start, start + micro_batch_size)]
-        yield {key: torch.stack([torch.as_tensor(s[key]) for s in samples])
-               for key in ("tokens", "labels", "loss_mask", "position_ids")}
+        keys = ["tokens", "labels", "loss_mask", "position_ids"]
+        if samples[0].get("attention_mask") is not None:  # model.document_mask: [1, s, s] each
+            keys.append("attention_mask")
+        yield {key: torch.stack([torch.as_tensor(s[key]) for s in samples]) for key in keys}

@@ -34,8 +34,8 @@ class DataConfig:
     # {source: weight}: overrides the manifest's blend weights. Typed Any, not Dict[str, float]:
     # OmegaConf 2.3 cannot merge a `data.weights={a: 1.0}` override onto a typed dict that is null.
     weights: Optional[Any] = None
-    train_samples: Optional[int] = None           # samples the training stream is built for (null: iters x GBS);
-                                                  # growth stages and resumed runs with a longer horizon set it
+    train_samples: Optional[int] = None           # no longer shapes the training stream (per-source streams do
+                                                  # not depend on the run's length, pretrain/mixture.py); kept for old configs
 
 
 @dataclass
@@ -81,6 +81,25 @@ class GpuConfig:
 
 
 @dataclass
+class StageLRConfig:
+    """One stage's LR segment (pretrain/train/stages.py): train.lr's group goes from ``start`` at the
+    stage's first step to ``end`` at its last; μP groups follow scaled by their peak / train.lr."""
+    style: str = "constant"               # constant | linear | cosine | 1-sqrt (WSD's decay, MiniCPM)
+    start: Optional[float] = None         # LR at the stage's first step (null: train.lr)
+    end: Optional[float] = None           # LR at its last step (null: train.min_lr; constant: start)
+
+
+@dataclass
+class StageConfig:
+    """A training stage (train.stages, docs/pretrain.md "Stages"): from ``start_step`` on, until the next."""
+    start_step: int = MISSING             # 1-based first optimizer step of the stage
+    name: Optional[str] = None            # for logs (null: stage<i>)
+    weights: Optional[Any] = None         # {source: weight} from this stage on (null: the previous stage's)
+    lr: Optional[StageLRConfig] = None    # the stage's LR segment (null: train.lr_decay_style's schedule)
+    global_batch_size: Optional[int] = None  # from this stage on (null: train.global_batch_size / the ramp)
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and the loop (pretrain/train/, pretrain/train/optim.py)."""
     micro_batch_size: int = 4             # sequences per forward/backward on one DP rank
@@ -110,6 +129,9 @@ class TrainConfig:
     heldout_max_documents: Optional[int] = None  # score only the first N documents per held-out set (BPB: null)
     z_loss: float = 0.0                   # PaLM z-loss coefficient (1e-4): + c·log²Z per token; 0: off
     gpu: GpuConfig = field(default_factory=GpuConfig)
+    rampup_batch_size: Optional[List[int]] = None  # [start, increment, ramp samples]: megatron's batch ramp-up (null: off)
+    rampup_lr_scaling: str = "none"       # during the ramp, LR x (batch/global_batch_size)^p: none (p=0) | sqrt | linear
+    stages: List[StageConfig] = field(default_factory=list)  # the stage schedule (empty: one flat phase)
     spikes: SpikesConfig = field(default_factory=SpikesConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
 
@@ -159,6 +181,17 @@ class MupConfig:
 
 
 @dataclass
+class RopeScalingConfig:
+    """RoPE scaling for a long-context stage (pretrain/model/rope.py); the HF export writes the
+    matching ``rope_parameters``. Changing ``model.rotary_base`` alone is the base-change method."""
+    type: str = "none"                    # none | linear (position interpolation) | yarn
+    factor: float = 1.0                   # context extension ratio (32k from 4k: 8)
+    original_max_position_embeddings: Optional[int] = None  # yarn: the pre-extension context (null: seq_length / factor)
+    beta_fast: float = 32.0               # yarn: rotations above which dimensions are not interpolated
+    beta_slow: float = 1.0                # yarn: rotations below which dimensions are fully interpolated
+
+
+@dataclass
 class ModelConfig:
     """A Tele-FLM-architecture GPT (configs/model/*.yaml; pretrain/model/teleflm.py)."""
     name: str = MISSING
@@ -180,6 +213,8 @@ class ModelConfig:
     input_mult: float = 1.0                         # embedding output x input_mult
     output_mult: float = 1.0                        # logits x output_mult / width_mult
     embedding_grad_shrink: float = 1.0              # GLM-130B embedding gradient shrink; 1.0: off (docs/spikes.md)
+    document_mask: bool = False                     # packed sequences: no attention across EOD (local SDPA spec only)
+    rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)  # long context (none: plain RoPE)
     mup: MupConfig = field(default_factory=MupConfig)
 
 

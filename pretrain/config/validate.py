@@ -11,6 +11,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from pretrain.model.rope import ROPE_SCALING_TYPES
+from pretrain.train.stages import LR_STYLES, RAMPUP_LR_SCALING
+
 LR_DECAY_STYLES = ("cosine", "wsd", "constant")
 RECOMPUTE = ("none", "selective", "full")
 BACKENDS = ("megatron", "deepspeed")  # pretrain/train/megatron_step.py, pretrain/train/deepspeed_step.py
@@ -244,6 +247,11 @@ def misc_errors(cfg: DictConfig) -> list[str]:
         errors.append(f"logging.wandb.mode={mode!r}: use one of {WANDB_MODES}")
     if cfg.model.seq_length < 1:
         errors.append("model.seq_length must be >= 1")
+    rs = cfg.model.rope_scaling
+    if rs.type not in ROPE_SCALING_TYPES:
+        errors.append(f"model.rope_scaling.type={rs.type!r}: use one of {ROPE_SCALING_TYPES}")
+    elif rs.type != "none" and not rs.factor > 1.0:
+        errors.append(f"model.rope_scaling.factor={rs.factor} must be > 1 with model.rope_scaling.type={rs.type}")
     if cfg.checkpoint.keep_last < 1:
         errors.append("checkpoint.keep_last must be >= 1 (the latest checkpoint is always kept)")
     return errors
@@ -296,12 +304,79 @@ def fit_errors(cfg: DictConfig) -> list[str]:
     return []
 
 
+def stage_errors(cfg: DictConfig, manifest: dict | None) -> list[str]:
+    """``train.stages`` and ``train.rampup_*`` (pretrain/train/stages.py): each error names the stage's key."""
+    t, p = cfg.train, cfg.parallel
+    errors: list[str] = []
+    unit = max(t.micro_batch_size, 1) * max(p.data_parallel_size, 1)
+    pp, vpp = p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size
+
+    def batch_rule(key: str, value: int) -> None:
+        if value < 1 or value % unit:
+            errors.append(f"{key}={value} must be a positive multiple of train.micro_batch_size x "
+                          f"parallel.data_parallel_size = {unit}")
+        elif vpp and (value // unit) % pp:
+            errors.append(f"{key}={value}: interleaved pipeline needs microbatches per step "
+                          f"({value // unit}) to be a multiple of parallel.pipeline_model_parallel_size={pp}")
+
+    ramp = t.rampup_batch_size
+    if ramp is not None:
+        if len(ramp) != 3:
+            errors.append(f"train.rampup_batch_size={list(ramp)}: give [start, increment, ramp samples]")
+        else:
+            start, increment, samples = (int(x) for x in ramp)
+            if increment < 1 or samples < 1 or not 0 < start < t.global_batch_size:
+                # ramp samples 0 divides by zero in megatron's calculator
+                errors.append(f"train.rampup_batch_size={list(ramp)}: need 0 < start < train.global_batch_size="
+                              f"{t.global_batch_size}, increment >= 1, ramp samples >= 1")
+            elif (t.global_batch_size - start) % increment:
+                errors.append(f"train.rampup_batch_size={list(ramp)}: train.global_batch_size - start "
+                              f"({t.global_batch_size - start}) must be a multiple of the increment ({increment})")
+            else:
+                for value in range(start, t.global_batch_size, increment):
+                    batch_rule("train.rampup_batch_size (a batch size of the ramp)", value)
+    if t.rampup_lr_scaling not in RAMPUP_LR_SCALING:
+        errors.append(f"train.rampup_lr_scaling={t.rampup_lr_scaling!r}: use one of {tuple(RAMPUP_LR_SCALING)}")
+    sources = set((manifest or {}).get("train") or {})
+    starts = []
+    for i, stage in enumerate(t.stages or []):
+        key = f"train.stages[{i}]"
+        start = stage.start_step
+        starts.append(start)
+        if start < 1:  # one after train.train_iters is fine: a later call with more iterations reaches it
+            errors.append(f"{key}.start_step={start} must be >= 1 (steps are 1-based)")
+        if stage.weights:
+            weights = dict(stage.weights)
+            unknown = set(weights) - sources if manifest is not None else set()
+            if unknown:
+                errors.append(f"{key}.weights names unknown sources {sorted(unknown)}; known: {sorted(sources)}")
+            if any(float(w) < 0 for w in weights.values()) or sum(float(w) for w in weights.values()) <= 0:
+                errors.append(f"{key}.weights={weights}: weights must be >= 0 with a positive sum")
+        if stage.global_batch_size is not None:
+            batch_rule(f"{key}.global_batch_size", stage.global_batch_size)
+            if cfg.backend == "deepspeed":
+                errors.append(f"{key}.global_batch_size: backend=deepspeed keeps one batch size "
+                              "(its engine fixes gradient accumulation); use backend=megatron")
+        if stage.lr is not None:
+            if stage.lr.style not in LR_STYLES:
+                errors.append(f"{key}.lr.style={stage.lr.style!r}: use one of {LR_STYLES}")
+            for end in ("start", "end"):
+                value = stage.lr[end]
+                if value is not None and value < 0:
+                    errors.append(f"{key}.lr.{end}={value} must be >= 0")
+    if len(set(starts)) != len(starts) or starts != sorted(starts):
+        errors.append(f"train.stages: start_step values {starts} must be strictly increasing")
+    if ramp is not None and cfg.backend == "deepspeed":
+        errors.append("train.rampup_batch_size: backend=deepspeed keeps one batch size; use backend=megatron")
+    return errors
+
+
 def config_errors(cfg: DictConfig, world_size: int | None, manifest: dict | None,
                   check_data: bool = True) -> list[str]:
     errors = parallel_errors(cfg, world_size) + batch_errors(cfg) + vocab_errors(cfg, manifest)
+    errors += misc_errors(cfg) + stage_errors(cfg, manifest if check_data else None)
     if not errors and cfg.model.seq_length >= 1:   # the planner needs a valid layout to say anything useful
         errors += fit_errors(cfg)
-    errors += misc_errors(cfg)
     if check_data:
         errors += data_errors(cfg, manifest)
     return errors

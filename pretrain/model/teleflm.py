@@ -39,6 +39,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from pretrain.config.resolve import padded_vocab_size, resolved_vocab_size  # noqa: F401 (re-exported)
 from pretrain.config.schema import typed, typed_model
+from pretrain.model.rope import configure_yarn, gpt_model_kwargs
 
 from pretrain.model.fast_path import FastPath, fast_path_for
 from pretrain.model.sharded_init import init_shard, shard_ranges
@@ -155,8 +156,10 @@ class SdpaAttention(MegatronModule):
     megatron's local ``DotProductAttention`` materialises the [b, h, s, s]
     score matrix with baddbmm + softmax; SDPA picks a fused (flash / memory
     efficient) kernel where one exists.  Inputs are megatron's [s, b, h, d];
-    the output is [s, b, h*d] like ``DotProductAttention``.  Causal only:
-    Tele-FLM trains with plain causal masks (no per-document reset).
+    the output is [s, b, h*d] like ``DotProductAttention``.  Causal; with
+    ``model.document_mask`` the data also carries megatron's per-document mask
+    ([b, 1, s, s] bool, True = masked out: GPTDataset's ``reset_attention_mask``),
+    so no token attends across an EOD into another document of the packed sequence.
     """
 
     def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
@@ -165,6 +168,9 @@ class SdpaAttention(MegatronModule):
         super().__init__(config=config)
         if attn_mask_type != AttnMaskType.causal:
             raise ValueError(f"SdpaAttention supports causal masks only, got {attn_mask_type}")
+        if config.context_parallel_size > 1:  # it would attend within this rank's sequence chunk only
+            raise ValueError("SdpaAttention has no context-parallel (ring) attention: megatron-core's is "
+                             "TEDotProductAttention only (TransformerEngine, CUDA); docs/pretrain.md")
         self.softmax_scale = softmax_scale  # None -> 1/sqrt(head_dim), as megatron
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         tp = config.tensor_model_parallel_size
@@ -174,19 +180,24 @@ class SdpaAttention(MegatronModule):
     def forward(self, query, key, value, attention_mask, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
         if packed_seq_params is not None or attention_bias is not None:
-            raise NotImplementedError("SdpaAttention: packed sequences / attention bias unsupported")
+            raise NotImplementedError("SdpaAttention: THD packed_seq_params / attention bias unsupported "
+                                      "(packed documents: model.document_mask, a dense mask)")
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
         if self.heads_per_rank != k.size(1):
             repeat = self.heads_per_rank // k.size(1)
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        mask = None
+        if attention_mask is not None:  # megatron: True = masked out; SDPA: True = attend
+            s_q, s_k = q.size(2), k.size(2)
+            causal = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device).tril()
+            mask = causal & ~attention_mask.to(torch.bool)
+        kwargs = dict(attn_mask=mask, is_causal=mask is None, scale=self.softmax_scale)
         dropout_p = self.dropout_p if self.training else 0.0
         if dropout_p > 0.0 and not self.config.sequence_parallel:
             with tensor_parallel.get_cuda_rng_tracker().fork():
-                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
-                                                     scale=self.softmax_scale)
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, **kwargs)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
-                                                 scale=self.softmax_scale)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, **kwargs)
         s, b = out.size(2), out.size(0)
         return out.permute(2, 0, 1, 3).reshape(s, b, -1)
 
@@ -328,6 +339,7 @@ def build_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = 
     fast_path = fast_path_for(cfg)
     config = transformer_config_from(cfg, fast_path)
     m = cfg.model
+    configure_yarn(config, m)
     if block_spec is None:
         block_spec = partial(decoder_block_spec, use_transformer_engine=fast_path.spec == "transformer_engine")
     tp = cfg.parallel.tensor_model_parallel_size
@@ -342,9 +354,9 @@ def build_model(cfg: DictConfig, pre_process: bool = True, post_process: bool = 
         post_process=post_process,
         parallel_output=True,
         share_embeddings_and_output_weights=False,
-        position_embedding_type="rope",
         rotary_base=m.rotary_base,
         vp_stage=vp_stage,
+        **gpt_model_kwargs(m),  # position_embedding_type: rope, or yarn (model.rope_scaling)
     )
     if initialize:  # False when a checkpoint of this shape is loaded next: drawing values is wasted start-up
         initialize_parameters(model, m, seed=cfg.train.seed)

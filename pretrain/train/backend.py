@@ -28,6 +28,10 @@ class TrainStep(Protocol):
     def forward_backward(self, consumed_samples: int) -> float:
         """Gradients of the global batch starting at ``consumed_samples``; its mean token loss."""
 
+    def set_global_batch_size(self, global_batch_size: int) -> None:
+        """Train the next steps on this many samples (batch ramp-up, a stage's batch size);
+        evaluation keeps train.global_batch_size."""
+
     def grad_norm(self) -> float | None:
         """The global gradient norm before clipping, before the update (None where unavailable)."""
 

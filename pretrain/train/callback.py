@@ -41,6 +41,8 @@ class TrainerView(Protocol):
 
     def callback_state(self) -> dict[str, Any]: ...
 
+    def set_global_batch_size(self, global_batch_size: int) -> None: ...
+
 
 class Decision(str, Enum):
     """What happens to a step's gradients; the first callback that does not say CONTINUE wins."""

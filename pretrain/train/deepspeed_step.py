@@ -189,6 +189,11 @@ class DeepSpeedStep:
         return microbatches(dataset, consumed, self.micro_batch_size, self.num_microbatches,
                             self.dp_rank, self.dp_size)
 
+    def set_global_batch_size(self, global_batch_size: int) -> None:
+        """The engine fixes gradient accumulation; validate.py refuses ramps and stage batch sizes."""
+        if global_batch_size != self.global_batch_size:
+            raise ValueError("backend=deepspeed trains one global batch size (train.global_batch_size)")
+
     def forward_backward(self, consumed_samples: int) -> float:
         """Every microbatch's backward; DeepSpeed's step at the accumulation boundary is left to
         :meth:`optimizer_step` or :meth:`discard_update`, once the loss has been judged."""

@@ -66,5 +66,6 @@ def prepare_batch(batch: Batch, hooks: ForwardHooks = NO_HOOKS) -> Batch:
 def forward_step(data_iterator: Iterator, model: torch.nn.Module, hooks: ForwardHooks = NO_HOOKS):
     """megatron's ``forward_step_func``: one microbatch through this rank's chunk."""
     batch = prepare_batch(next(data_iterator), hooks)
-    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    # attention_mask: only with model.document_mask (per-document, True = masked); else causal
+    output = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"])
     return output, partial(loss_func, batch["loss_mask"], hooks=hooks)

@@ -18,6 +18,7 @@ class Trainer:
                  train_iters: int, global_batch_size: int, seq_length: int) -> None:
         self.step, self.progress, self.callbacks = step, progress, callbacks
         self.train_iters, self.global_batch_size = train_iters, global_batch_size
+        self.seq_length = seq_length
         self.tokens_per_step = global_batch_size * seq_length
         self._lr_scaled = False
         self.flags: dict[str, bool] = {}
@@ -54,6 +55,13 @@ class Trainer:
         for callback in self.callbacks:
             flags.update(callback.local_flags(self, step, loss))
         return flags
+
+    def set_global_batch_size(self, global_batch_size: int) -> None:
+        """From this step on (batch ramp-up, a stage's batch size): the backend's microbatch
+        count and what a step adds to consumed samples and tokens."""
+        self.global_batch_size = global_batch_size
+        self.tokens_per_step = global_batch_size * self.seq_length
+        self.step.set_global_batch_size(global_batch_size)
 
     def _decide(self, step: int, loss: float) -> tuple[Decision, Callback | None]:
         for callback in self.callbacks:

@@ -146,20 +146,27 @@ class MegatronStep:
         self.micro_batch_size = t.micro_batch_size
         self.global_batch_size = t.global_batch_size
         self.num_microbatches = self.global_batch_size // (self.micro_batch_size * self.dp_size)
+        self.eval_batch_size, self.eval_microbatches = self.global_batch_size, self.num_microbatches
         self.seq_length = cfg.model.seq_length
         self._params_synced = ParamsSynced(model, fast_path_for(cfg).overlap_param_gather)
         self.writer = ckpt.CheckpointWriter(cfg, cfg, async_save=cfg.checkpoint.async_save)
         self._grad_norm: tuple[bool, float | None] | None = None   # (found inf/nan, global norm)
 
-    def _iterators(self, dataset, consumed: int) -> list[Iterator]:
+    def set_global_batch_size(self, global_batch_size: int) -> None:
+        self.global_batch_size = global_batch_size
+        self.num_microbatches = global_batch_size // (self.micro_batch_size * self.dp_size)
+
+    def _iterators(self, dataset, consumed: int, num_microbatches: int) -> list[Iterator]:
         # Each virtual stage's chunk consumes the same microbatch sequence.
-        return [microbatches(dataset, consumed, self.micro_batch_size, self.num_microbatches,
+        return [microbatches(dataset, consumed, self.micro_batch_size, num_microbatches,
                              self.dp_rank, self.dp_size) for _ in self.model]
 
-    def _run_schedule(self, forward, dataset, consumed: int, forward_only: bool) -> list[dict]:
+    def _run_schedule(self, forward, dataset, consumed: int, forward_only: bool,
+                      num_microbatches: int | None = None) -> list[dict]:
+        num_microbatches = num_microbatches or self.num_microbatches
         return self.forward_backward_func(
-            forward_step_func=forward, data_iterator=self._iterators(dataset, consumed),
-            model=self.model, num_microbatches=self.num_microbatches, seq_length=self.seq_length,
+            forward_step_func=forward, data_iterator=self._iterators(dataset, consumed, num_microbatches),
+            model=self.model, num_microbatches=num_microbatches, seq_length=self.seq_length,
             micro_batch_size=self.micro_batch_size, forward_only=forward_only)
 
     def forward_backward(self, consumed_samples: int) -> float:
@@ -197,9 +204,10 @@ class MegatronStep:
             for chunk in self.model:
                 chunk.eval()
             losses: list[dict] = []
+            # the same held-out batches at every evaluation, whatever the training batch is now
             for i in range(iterations):
-                losses += self._run_schedule(forward_step, self.datasets.valid, i * self.global_batch_size,
-                                             forward_only=True)
+                losses += self._run_schedule(forward_step, self.datasets.valid, i * self.eval_batch_size,
+                                             forward_only=True, num_microbatches=self.eval_microbatches)
             for chunk in self.model:
                 chunk.train()
         return reduce_losses(losses)
@@ -277,7 +285,9 @@ def build_megatron_step(cfg: DictConfig, manifest: dict, spike_recovery_on: bool
         run_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     unset_num_microbatches_calculator()
-    init_num_microbatches_calculator(rank, None, cfg.train.global_batch_size,
+    # train.rampup_batch_size: megatron's ramp [start, increment, samples] (BatchSchedule updates it)
+    rampup = list(cfg.train.rampup_batch_size) if cfg.train.rampup_batch_size else None
+    init_num_microbatches_calculator(rank, rampup, cfg.train.global_batch_size,
                                      cfg.train.micro_batch_size, cfg.parallel.data_parallel_size)
     # With spike recovery on, a NaN gradient is a handled event (skip/rollback), not a crash.
     model, optimizer, scheduler, layout = build_megatron_model(

@@ -56,15 +56,42 @@ def build_optimizer(cfg: DictConfig, model_chunks: list):
     return get_megatron_optimizer(config, model_chunks, **kwargs)
 
 
+class StagedScheduler(OptimizerParamScheduler):
+    """megatron's scheduler whose LR, in a stage with an LR segment (``train.stages[i].lr``),
+    is that segment's (pretrain/train/stages.py); elsewhere megatron's own schedule.
+
+    ``num_steps`` optimizer steps done means the next step is ``num_steps + 1``. Each μP
+    group keeps its ratio to train.lr (``max_lr / train.lr``), as under megatron's schedule."""
+
+    def __init__(self, optimizer, stages: list, **kwargs) -> None:
+        self.stages = stages
+        super().__init__(optimizer, **kwargs)
+
+    def get_lr(self, param_group: dict) -> float:
+        from pretrain.train.stages import stage_lr
+
+        lr = stage_lr(self.stages, self.num_steps + 1)
+        if lr is None:
+            return super().get_lr(param_group)
+        return lr * param_group.get("max_lr", self.max_lr) / self.max_lr
+
+
 def build_scheduler(cfg: DictConfig, optimizer) -> OptimizerParamScheduler:
-    t = typed(cfg, strict=False).train
+    from pretrain.train.stages import stages_from
+
+    cfg = typed(cfg, strict=False)
+    t = cfg.train
+    stages = stages_from(cfg)
+    staged = any(stage.lr is not None for stage in stages)
     decay_iters = t.lr_decay_iters or t.train_iters
     wsd_kwargs = {}
     if t.lr_decay_style == "wsd":
         wsd_kwargs = dict(wsd_decay_steps=max(1, int(round(t.wsd_decay_fraction * decay_iters))),
                           lr_wsd_decay_style="cosine")
-    return OptimizerParamScheduler(
+    cls, extra = (StagedScheduler, {"stages": stages}) if staged else (OptimizerParamScheduler, {})
+    return cls(
         optimizer,
+        **extra,
         init_lr=0.0,
         max_lr=t.lr,
         min_lr=t.min_lr,

@@ -8,15 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pretrain.cpu_shims import activate_cpu_shims
-from pretrain.data import read_manifest
+from pretrain.data import base_weights, read_manifest
+from pretrain.mixture import MixtureStream
 from pretrain.eval.heldout import HeldoutEvaluator
 from pretrain.config.resolve import resolve_config, resolve_load_dir
 from pretrain.train.spike_policy import spike_config_from
 from pretrain.train.callback import Callback
+from pretrain.train.callbacks.batch_schedule import BatchSchedule
 from pretrain.train.callbacks.checkpointing import Checkpointing
+from pretrain.train.callbacks.data_mixture import DataMixture
 from pretrain.train.callbacks.evaluation import HeldoutBPB, ValidLoss
 from pretrain.train.callbacks.fault_injection import FaultInjection, fault_from
 from pretrain.train.callbacks.growth_ramp import GrowthRamp
@@ -26,11 +29,13 @@ from pretrain.train.callbacks.spike_log import SpikeLog
 from pretrain.train.callbacks.spike_recovery import SpikeRecovery
 from pretrain.train.callbacks.z_loss import ZLoss
 from pretrain.train.loop import Trainer
+from pretrain.train.stages import stages_from
 from pretrain.train.setup import flops_per_token, peak_tflops, world_size_from_env
 from pretrain.config.validate import validate
 
 
-def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: bool) -> tuple[list[Callback], Metrics]:
+def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: bool,
+                    train_stream: MixtureStream) -> tuple[list[Callback], Metrics]:
     """The features, in the order their ``after_step`` runs (``on_end`` runs in reverse)."""
     from pretrain.growth.masked import growth_block
 
@@ -38,7 +43,11 @@ def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: b
     metrics = Metrics(cfg, flops_per_token(cfg), peak_tflops())
     spike_log = SpikeLog(cfg.run_dir, dist.get_rank(), metrics)
     checkpointing = Checkpointing(cfg.checkpoint.save_interval, metrics, resumed)
-    callbacks: list[Callback] = []
+    stages = stages_from(cfg)
+    weights = OmegaConf.to_container(cfg.data.weights) if cfg.data.weights else None
+    # first: the batch size and the mixture of a step are settled before anything else looks at it
+    callbacks: list[Callback] = [BatchSchedule(cfg, stages),
+                                 DataMixture(train_stream, stages, base_weights(manifest, weights), metrics)]
     if growth_block(cfg) is not None:
         callbacks.append(GrowthRamp(cfg))
     kind, step = fault_from(cfg)
@@ -76,7 +85,8 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         from pretrain.train.megatron_step import build_megatron_step
 
         step, progress, resumed = build_megatron_step(cfg, manifest, spike_config.enabled)
-    callbacks, metrics = build_callbacks(cfg, manifest, resumed, step.datasets.valid is not None)
+    callbacks, metrics = build_callbacks(cfg, manifest, resumed, step.datasets.valid is not None,
+                                         step.datasets.train)
     trainer = Trainer(step, progress, callbacks, cfg.train.train_iters, cfg.train.global_batch_size,
                       cfg.model.seq_length)
     trainer.load_callback_state(progress.trainer_state)

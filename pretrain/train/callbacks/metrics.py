@@ -43,6 +43,7 @@ class Metrics(Callback):
             "step": progress.iteration, "loss": outcome.loss, "grad_norm": outcome.grad_norm,
             "lr": outcome.lr, "tokens_per_s": tokens_per_s,
             "consumed_samples": progress.consumed_samples, "tokens": progress.tokens,
+            "global_batch_size": trainer.global_batch_size,
             "tflops_per_gpu": self.fpt * per_gpu / 1e12 if self.fpt else None,
             "mfu": mfu(per_gpu, self.fpt, self.peak) if self.peak and self.fpt else None,
             "mem_gb": memory_gb(), "step_time_s": outcome.step_time_s, "skipped": not outcome.updated,

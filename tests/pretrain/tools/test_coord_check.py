@@ -27,8 +27,11 @@ def test_coordinate_check_flat_with_mup_growing_without(tmp_path, repo_root):
     # μP: flat (|slope| of log scale vs log width small) for logits and every block output
     assert abs(mup["logits"]) < 0.2, mup
     assert max(abs(mup[k]) for k in blocks) < 0.35, mup
-    # standard parametrization: logits and block outputs grow with width
-    assert sp["logits"] > 0.35, sp
+    # standard parametrization: block outputs grow with width after training, and the logits
+    # grow like sqrt(width) already at initialisation (readout std independent of width). The
+    # trained SP logits' slope is not asserted: over 3 widths and 5 steps it ranges 0.13-0.46
+    # with the seed (measured on seeds 1, 2, 1234), so a threshold on it tests the draw.
     assert np.mean([sp[k] for k in blocks]) > 1.0, sp
+    assert results["slopes"]["sp"][0]["logits"] > 0.4, results["slopes"]["sp"][0]
     # at initialisation the μP logits shrink like 1/sqrt(width) (readout × 1/width_mult)
     assert results["slopes"]["mup"][0]["logits"] < -0.4
