@@ -466,6 +466,7 @@ class CheckpointWriter:
         self.resolved_config = resolved_config
         self.async_save = async_save
         self.saved: list[int] = []
+        self._in_flight: Path | None = None  # the async save not finalised yet (named if it fails)
         self._queue = None
         if async_save:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
@@ -484,16 +485,17 @@ class CheckpointWriter:
                 prune_checkpoints(self.cfg.run_dir, int(self.cfg.checkpoint.keep_last))
             dist.barrier()
             self.saved.append(iteration)
+            self._in_flight = None
         return finalize
 
     def save(self, model_chunks: list, optimizer, scheduler, progress: TrainProgress) -> Path:
         directory = checkpoints_root(self.cfg.run_dir) / checkpoint_name(progress.iteration)
+        self.wait()  # one save in flight at a time; before the mkdir, so a failed one leaves no empty dir
         if dist.get_rank() == 0:
             if directory.exists():  # leftovers of a save that never completed
                 shutil.rmtree(directory)
             directory.mkdir(parents=True)
         dist.barrier()
-        self.wait()  # one save in flight at a time
         state = sharded_state(model_chunks, optimizer, scheduler, progress, self.cfg,
                               with_rng=True, with_optimizer=True, is_loading=False)
         finalize = self._finalize(progress.iteration, directory)
@@ -506,16 +508,27 @@ class CheckpointWriter:
         else:
             request = dist_checkpointing.save(state, str(directory), async_sharded_save=True)
             request.add_finalize_fn(finalize)
+            self._in_flight = directory
             self._queue.schedule_async_request(request)
         return directory
 
+    def _finalize_async(self, blocking: bool) -> None:
+        """An async save's write errors surface here, when it is finalised: named like a sync one's."""
+        try:
+            self._queue.maybe_finalize_async_calls(blocking=blocking)
+        except (Exception, _checkpoint_exception()) as exc:
+            if self._in_flight is None:
+                raise
+            directory, self._in_flight = self._in_flight, None
+            raise save_failed(self.cfg.run_dir, directory, exc) from exc
+
     def poll(self) -> None:
         if self._queue is not None:
-            self._queue.maybe_finalize_async_calls(blocking=False)
+            self._finalize_async(blocking=False)
 
     def wait(self) -> None:
         if self._queue is not None:
-            self._queue.maybe_finalize_async_calls(blocking=True)
+            self._finalize_async(blocking=True)
 
     def close(self) -> None:
         if self._queue is not None:

@@ -26,7 +26,7 @@ from tests.pretrain.test_cli import clean_env, pretrain_cmd
 
 pytestmark = pytest.mark.timeout(600)
 
-RUN = ["train.eval_interval=0", "checkpoint.async_save=false", "checkpoint.keep_last=10"]
+RUN = ["train.eval_interval=0", "checkpoint.keep_last=10"]
 MiB = 1 << 20
 
 
@@ -73,10 +73,14 @@ def steps_of(rows: list[dict]) -> list[int]:
     return [r["step"] for r in rows if r.get("event") is None and "loss" in r]
 
 
-def test_disk_full_during_a_checkpoint_save(data_dir, small_disk):
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_disk_full_during_a_checkpoint_save(data_dir, small_disk, async_save):
+    """Async: the writer's error surfaces when the save is finalised (the next poll or save)."""
     run_dir = small_disk / "run"
+    run = ["train.train_iters=6", "train.lr_decay_iters=6", "checkpoint.save_interval=2",
+           f"checkpoint.async_save={str(async_save).lower()}"]
     # 6 MiB holds the step-2 checkpoint (~4 MB) but not the step-4 one next to it
-    out = pretrain(data_dir, run_dir, "train.train_iters=6", "train.lr_decay_iters=6", "checkpoint.save_interval=2")
+    out = pretrain(data_dir, run_dir, *run)
     assert out.returncode != 0
     checkpoints = run_dir / "checkpoints"
     err = out.stderr
@@ -84,11 +88,12 @@ def test_disk_full_during_a_checkpoint_save(data_dir, small_disk):
     assert "the filesystem is full" in err and "`latest` names iter_0000002" in err, err[-4000:]
     assert (checkpoints / "latest").read_text().strip() == "iter_0000002"
     assert not (checkpoints / "iter_0000004").exists()  # the partial save is gone: its space is free again
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["iter_0000002", "latest"]  # no empty next one
     events = [r for r in rows_of(run_dir / "metrics.jsonl") if r.get("event") == "checkpoint"]
     assert [e["step"] for e in events] == [2]  # no event for the save that failed
 
     grow(small_disk, 24 * MiB)
-    out = pretrain(data_dir, run_dir, "train.train_iters=6", "train.lr_decay_iters=6", "checkpoint.save_interval=2")
+    out = pretrain(data_dir, run_dir, *run)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     assert f"resumed from {checkpoints / 'iter_0000002'} at step 2" in out.stdout
     assert steps_of(rows_of(run_dir / "metrics.jsonl")) == [1, 2, 3, 4, 5, 6]
@@ -116,7 +121,7 @@ def _fill_when(path: Path, has_step: int, mnt: Path, stop: threading.Event) -> N
 
 def test_disk_full_during_a_metrics_write(data_dir, small_disk):
     run_dir = small_disk / "run"
-    base = ["train.lr_decay_iters=200", "checkpoint.save_interval=0"]
+    base = ["train.lr_decay_iters=200", "checkpoint.save_interval=0", "checkpoint.async_save=false"]
     grow(small_disk, 16 * MiB)
     out = pretrain(data_dir, run_dir, *base, "train.train_iters=4")  # ends with its checkpoint at step 4
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
