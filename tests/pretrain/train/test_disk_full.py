@@ -119,6 +119,7 @@ def _fill_when(path: Path, has_step: int, mnt: Path, stop: threading.Event) -> N
             assert exc.errno == errno.ENOSPC, exc
 
 
+@pytest.mark.slow  # three runs, one of up to 200 steps: 45 s idle, 110 s on a loaded 2-core box
 def test_disk_full_during_a_metrics_write(data_dir, small_disk):
     run_dir = small_disk / "run"
     base = ["train.lr_decay_iters=200", "checkpoint.save_interval=0", "checkpoint.async_save=false"]
