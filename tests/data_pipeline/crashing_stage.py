@@ -20,6 +20,8 @@ class CrashProbe(DocumentStage):
     """Keeps every document, except that it raises on one containing TRIGGER, as a buggy filter would."""
 
     name = "crash_probe"
+    # No columns, on purpose: the tests' shared Ray workers keep it registered for the rest of the
+    # session, and a registered stage's columns join every stage-1 table those workers write.
 
     def process(self, text: str, row: dict[str, Any]) -> tuple[str, str | None]:
         if TRIGGER in text:
