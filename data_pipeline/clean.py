@@ -9,6 +9,7 @@ the first 200 characters: the report needs an example, not the whole document.
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 import pyarrow as pa
@@ -72,7 +73,10 @@ def clean_record(rec: dict, stages: list[DocumentStage], blank: dict[str, Any]) 
         return row
     text = rec["text"]
     for stage in stages:
-        text, reason = stage.process(text, row)
+        try:
+            text, reason = stage.process(text, row)
+        except Exception as exc:  # one document that breaks a stage costs that document, not the run
+            return _stage_failed(rec, stage.name, exc, blank)
         if reason:
             row.update(status="dropped", stage=stage.name, reason=reason, text=text[:EXAMPLE_CHARS])
             return row
@@ -82,6 +86,27 @@ def clean_record(rec: dict, stages: list[DocumentStage], blank: dict[str, Any]) 
     row.update(status="kept", text=text, n_chars=len(text), n_bytes=len(text.encode("utf-8")),
                exact_hash=xxhash.xxh64_intdigest(dedup_key_text(key_text).encode("utf-8", "surrogatepass")))
     row[DEDUP_TEXT] = key_text
+    return row
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line`` of the innermost frame that raised, so the quarantine row points at the code."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+
+
+def _stage_failed(rec: dict, stage: str, exc: Exception, blank: dict[str, Any]) -> dict:
+    """The quarantine row of a document on which ``stage`` raised: the input text kept whole, the error named.
+
+    Built from ``blank`` again, not from the half-filled row: the failing stage may have put values of
+    any type on it before raising, and one bad value would fail the whole batch's table.
+    """
+    row = dict(blank)
+    row.update(file_key=rec["file_key"], id=rec.get("id"), doc_id=f"{rec['file_key']}:{rec.get('line')}",
+               source=rec.get("source"), lang_hint=rec.get("lang_hint"), file=rec.get("file"),
+               line=rec.get("line"), bands=[], signature=[], status="quarantined", stage=stage,
+               reason="stage_error", text=rec["text"],
+               error=f"stage '{stage}' raised {type(exc).__name__}: {exc} (at {_where(exc)})")
     return row
 
 

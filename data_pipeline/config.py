@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from data_pipeline.errors import ConfigError  # noqa: F401  (re-exported)
-from data_pipeline.stages import stage_classes
+from data_pipeline.stages import import_stage_modules, stage_classes
 
 
 class Plain(dict):
@@ -48,6 +48,7 @@ def validate(cfg: DictConfig) -> None:
         _require(OmegaConf.select(cfg, key, default=None) not in (None, "", "???")
                  and not OmegaConf.is_missing(cfg, key), key, "is required (e.g. input='data/*.jsonl.gz' output=/tmp/out)")
 
+    import_stage_modules(cfg)
     stage_classes(list(cfg.stages))  # unknown, repeated or out-of-order names
     from data_pipeline.html_text import EXTRACTORS
 

@@ -24,24 +24,30 @@ from omegaconf import DictConfig
 
 from data_pipeline.config import ConfigError, plain, validate
 from data_pipeline.dedup import count_input_ids, find_duplicates, stage1_part_files
+from data_pipeline.ray_session import OwnedSession, sweep_stale_session
 from data_pipeline.readers import expand_inputs
 from data_pipeline.report import build_report, summary_line, write_outputs
 from data_pipeline.stage1 import run_stage1
 from data_pipeline.writer import merge_tallies, write_part
 
 
-def _connect_ray(cfg: Any) -> bool:
-    """Join ``ray.address`` or start a local Ray; True if we started it (and so stop it)."""
+def _connect_ray(cfg: Any, work: Path) -> OwnedSession | None:
+    """Join ``ray.address`` or start a local Ray; the OwnedSession if we started it (and so stop it).
+
+    A Ray this run starts is recorded and reaped (data_pipeline/ray_session.py), so a killed driver
+    leaves no Ray process behind; what a killed earlier run on this output left is stopped first.
+    """
     import ray
 
     if ray.is_initialized():
-        return False
+        return None
     kwargs: dict[str, Any] = {"configure_logging": True, "logging_level": "WARNING", "log_to_driver": False}
     if cfg.ray.address:
         ray.init(address=str(cfg.ray.address), **kwargs)
-    else:
-        ray.init(num_cpus=int(cfg.ray.num_cpus), include_dashboard=False, **kwargs)
-    return True
+        return None
+    sweep_stale_session(work)
+    ray.init(num_cpus=int(cfg.ray.num_cpus), include_dashboard=False, **kwargs)
+    return OwnedSession(work)
 
 
 def _write_outputs_parallel(part_files: list[str], out: Path, removed: dict[str, str], cfg: Any) -> list[dict]:
@@ -79,7 +85,7 @@ def run(cfg: DictConfig) -> dict:
     report_path = out / "report.json"
     if report_path.exists():
         report_path.unlink()  # written last: its absence marks an unfinished run
-    started_ray = _connect_ray(cfg)
+    owned = _connect_ray(cfg, work)
     try:
         t0 = time.time()
         stage1_stats = run_stage1(files, cfg, work)
@@ -91,10 +97,11 @@ def run(cfg: DictConfig) -> dict:
         tally = merge_tallies(_write_outputs_parallel(part_files, out, removed, cfg))
         t3 = time.time()
     finally:
-        if started_ray:
+        if owned is not None:
             import ray
 
             ray.shutdown()
+            owned.close()
     run_info = {"files": [f.path for f in files], "skipped_files": sorted(skipped, key=lambda x: x["path"]),
                 "input_ids": input_ids, "stage1": stage1_stats, "dedup": dedup_stats,
                 "seconds": {"stage1": round(t1 - t0, 2), "dedup": round(t2 - t1, 2), "write": round(t3 - t2, 2),

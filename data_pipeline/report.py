@@ -70,6 +70,8 @@ def build_report(tally: dict, run_info: dict) -> dict:
         "heldout_by_source": {s: {"documents": e["documents"], "bytes": e["bytes"], "langs": dict(sorted(e["langs"].items()))}
                               for s, e in sorted(tally["heldout_by"].items())},
         "pii_replacements": dict(sorted(tally["pii"].items())),
+        # quarantined records by where they failed: "read" (the reader) or the stage that raised on them
+        "quarantined_by_stage": _count_by_stage(tally["quarantine"]),
         # files read only in part or not at all (each also counted once or more in ``quarantined``)
         "file_problems": sorted(({"file": q["file"], "line": q["line"], "error": q["error"]}
                                  for q in tally["quarantine"] if is_file_problem(q["error"])),
@@ -78,13 +80,23 @@ def build_report(tally: dict, run_info: dict) -> dict:
     }
 
 
+def _count_by_stage(quarantine: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for q in quarantine:
+        stage = q.get("stage") or "read"
+        counts[stage] = counts.get(stage, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def report_markdown(report: dict) -> str:
     lines = ["# Data pipeline report", "",
              f"- input records: **{report['input']}**",
              f"- kept (training shards): **{report['kept']}**",
              f"- held out: **{report['heldout']}**",
              f"- dropped: **{report['dropped_total']}**",
-             f"- quarantined (malformed input): **{report['quarantined']}**",
+             f"- quarantined (malformed input, or a stage raised on it): **{report['quarantined']}**"
+             + (" (" + ", ".join(f"{k}: {v}" for k, v in report.get("quarantined_by_stage", {}).items()) + ")"
+                if report.get("quarantined_by_stage") else ""),
              f"- check: {report['input']} = {report['kept']} + {report['heldout']} + {report['dropped_total']} + "
              f"{report['quarantined']}", ""]
     ids = report.get("input_ids")

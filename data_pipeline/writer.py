@@ -71,8 +71,8 @@ def write_part(index: int, path: str, out_dir: str, removed: dict[str, str], hel
                                                                   "line", "error"]).to_pylist():
         if row["status"] == "quarantined":
             tally["quarantined"] += 1
-            tally["quarantine"].append({"file": row["file"], "line": row["line"], "error": row["error"],
-                                        "raw": row["text"]})
+            tally["quarantine"].append({"file": row["file"], "line": row["line"], "stage": row["stage"] or "read",
+                                        "error": row["error"], "raw": row["text"]})
         else:
             _add_drop(tally, row["stage"], row["reason"], row["id"], row["text"])
     kept = table.filter(pc.equal(status, "kept"))

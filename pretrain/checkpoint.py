@@ -404,6 +404,54 @@ def save_synchronously(state: dict, directory: str | Path) -> None:
         filesystem_async._get_write_results_queue = manager_queue
 
 
+class CheckpointSaveFailed(RuntimeError):
+    """A save that did not complete: names the checkpoint, the error and the free space left, and
+    says which checkpoint the next run resumes from."""
+
+
+FULL_DISK_BYTES = 64 << 20
+"""Free space under which a failed save is called a full disk (torch's writers report ENOSPC as an
+unrelated-looking 'unexpected pos' from the zip writer, or not at all)."""
+
+
+def _checkpoint_exception() -> type[BaseException]:
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return CheckpointException
+
+
+def _last_line(exc: BaseException) -> str:
+    """The line of a (possibly multi-rank, multi-traceback) error that says what failed."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+
+
+def save_failed(run_dir: str | Path, directory: Path, exc: BaseException) -> CheckpointSaveFailed:
+    """Clean up after a save that raised, and the error to raise instead.
+
+    The half-written directory is removed (rank 0; every rank raises, the writers' failures are
+    gathered): it can never be loaded (no integrity.json, ``latest`` does not name it), and on a full
+    disk its bytes are what the next run needs to save again. Not removed if ``latest`` already names
+    it (the failure came after the marker moved: the checkpoint is complete).
+    """
+    try:
+        free: int | None = shutil.disk_usage(directory.parent).free
+    except OSError:
+        free = None
+    latest = latest_checkpoint(run_dir)
+    removed = latest is None or latest.name != directory.name
+    if removed and (not dist.is_initialized() or dist.get_rank() == 0):
+        shutil.rmtree(directory, ignore_errors=True)
+    disk = ("unknown free space" if free is None else
+            f"the filesystem is full ({free} bytes free)" if free < FULL_DISK_BYTES else f"{free} bytes free")
+    resume_from = latest.name if latest is not None else "nothing (a fresh start)"
+    return CheckpointSaveFailed(
+        f"saving checkpoint {directory} failed: {_last_line(exc)}; {disk}; "
+        + (f"the partial checkpoint was removed; `latest` names {resume_from}, which a rerun with "
+           f"checkpoint.load=auto resumes from once there is space" if removed else
+           "the checkpoint was complete (`latest` names it)"))
+
+
 class CheckpointWriter:
     """Writes checkpoints, synchronously or through megatron's async queue.
 
@@ -418,6 +466,7 @@ class CheckpointWriter:
         self.resolved_config = resolved_config
         self.async_save = async_save
         self.saved: list[int] = []
+        self._in_flight: Path | None = None  # the async save not finalised yet (named if it fails)
         self._queue = None
         if async_save:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
@@ -436,35 +485,50 @@ class CheckpointWriter:
                 prune_checkpoints(self.cfg.run_dir, int(self.cfg.checkpoint.keep_last))
             dist.barrier()
             self.saved.append(iteration)
+            self._in_flight = None
         return finalize
 
     def save(self, model_chunks: list, optimizer, scheduler, progress: TrainProgress) -> Path:
         directory = checkpoints_root(self.cfg.run_dir) / checkpoint_name(progress.iteration)
+        self.wait()  # one save in flight at a time; before the mkdir, so a failed one leaves no empty dir
         if dist.get_rank() == 0:
             if directory.exists():  # leftovers of a save that never completed
                 shutil.rmtree(directory)
             directory.mkdir(parents=True)
         dist.barrier()
-        self.wait()  # one save in flight at a time
         state = sharded_state(model_chunks, optimizer, scheduler, progress, self.cfg,
                               with_rng=True, with_optimizer=True, is_loading=False)
         finalize = self._finalize(progress.iteration, directory)
         if self._queue is None:
-            save_synchronously(state, directory)
-            finalize()
+            try:
+                save_synchronously(state, directory)
+                finalize()
+            except (Exception, _checkpoint_exception()) as exc:  # torch DCP's CheckpointException is a BaseException
+                raise save_failed(self.cfg.run_dir, directory, exc) from exc
         else:
             request = dist_checkpointing.save(state, str(directory), async_sharded_save=True)
             request.add_finalize_fn(finalize)
+            self._in_flight = directory
             self._queue.schedule_async_request(request)
         return directory
 
+    def _finalize_async(self, blocking: bool) -> None:
+        """An async save's write errors surface here, when it is finalised: named like a sync one's."""
+        try:
+            self._queue.maybe_finalize_async_calls(blocking=blocking)
+        except (Exception, _checkpoint_exception()) as exc:
+            if self._in_flight is None:
+                raise
+            directory, self._in_flight = self._in_flight, None
+            raise save_failed(self.cfg.run_dir, directory, exc) from exc
+
     def poll(self) -> None:
         if self._queue is not None:
-            self._queue.maybe_finalize_async_calls(blocking=False)
+            self._finalize_async(blocking=False)
 
     def wait(self) -> None:
         if self._queue is not None:
-            self._queue.maybe_finalize_async_calls(blocking=True)
+            self._finalize_async(blocking=True)
 
     def close(self) -> None:
         if self._queue is not None:

@@ -19,6 +19,19 @@ for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")
 
 
+def import_stage_modules(cfg: Any) -> None:
+    """Import the modules ``stage_modules`` lists, so the stages they ``register`` can be named in ``stages``.
+
+    For stages kept outside this package (a project's own filters, a test's). Called by ``validate`` in
+    the driver and by ``build_stages`` in every Ray worker, since registration is per process.
+    """
+    for name in list(cfg.get("stage_modules") or []):
+        try:
+            importlib.import_module(str(name))
+        except Exception as exc:
+            raise ConfigError(f"config key 'stage_modules': cannot import '{name}': {type(exc).__name__}: {exc}") from exc
+
+
 def stage_classes(names: list[str]) -> list[type[DocumentStage]]:
     """The classes ``stages`` names, in order; ConfigError naming the key for an unknown or misplaced one."""
     for i, name in enumerate(names):
@@ -35,6 +48,7 @@ def stage_classes(names: list[str]) -> list[type[DocumentStage]]:
 
 def build_stages(cfg: Any) -> list[DocumentStage]:
     """Stage objects for ``cfg.stages``, each given its config block: built once per batch, not per document."""
+    import_stage_modules(cfg)
     stages = []
     for cls in stage_classes(list(cfg["stages"])):
         if cls.config_key is not None and cls.config_key not in cfg:

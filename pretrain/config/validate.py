@@ -7,6 +7,7 @@ One rule is the planner's memory check (:func:`fit_errors`, pretrain/tools/fit_c
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -221,18 +222,57 @@ def seq_length_errors(cfg: DictConfig, manifest: dict) -> list[str]:
             errors.append(f"model.seq_length={seq}: training source '{source}' holds only {tokens} tokens, "
                           f"less than one sample ({need}); every sample would repeat its whole text: lower "
                           f"model.seq_length or set data.weights.{source}=0")
+    return errors + heldout_loss_errors(cfg, manifest)
+
+
+# megatron's BlendedMegatronDatasetConfig.mid_level_dataset_surplus: each blended source is asked for
+# this much more than its share; +1 for the greedy blending being a sample ahead of the share.
+_BLEND_SURPLUS = 0.005
+
+
+def heldout_loss_errors(cfg: DictConfig, manifest: dict) -> list[str]:
+    """The held-out loss (``train.eval_interval`` > 0) must never count a token twice.
+
+    Every evaluation reads the same ``train.eval_iters * train.global_batch_size`` samples of the valid
+    split, a blend of the held-out sources weighted by their token counts (pretrain/data.py
+    ``heldout_blend``), each sample ``model.seq_length`` predicted tokens. When a source's share of
+    those samples needs more tokens than the source holds, megatron wraps it around into another
+    epoch and the loss is measured on repeated text (seen with ``model.seq_length=16384`` on short
+    held-out documents). Refused here, before any process group, naming the keys and the largest
+    ``train.eval_iters`` that fits. Held-out BPB (pretrain/eval/heldout.py) scores each document once
+    in its own windows, so it is not limited by this. Sources without token counts are not checked.
+    """
     t = cfg.train
-    if t.eval_interval and t.eval_iters:
-        by_source = (manifest.get("heldout") or {}).get("by_source") or {}
-        for source, entry in sorted(by_source.items()):
-            tokens = _tokens(entry)
-            if tokens is None or tokens <= 0:
-                continue
-            if tokens < need:
-                errors.append(f"model.seq_length={seq}: held-out source '{source}' holds only {tokens} tokens, "
-                              f"less than one sample ({need}); the held-out loss (train.eval_interval="
-                              f"{t.eval_interval}) would be measured on repeated text: lower model.seq_length "
-                              "or set train.eval_interval=0 (held-out BPB still scores every document)")
+    seq = cfg.model.seq_length
+    if not (t.eval_interval and t.eval_iters) or seq < 1 or t.global_batch_size < 1:
+        return []
+    by_source = (manifest.get("heldout") or {}).get("by_source") or {}
+    sources = {name: _tokens(entry) for name, entry in sorted(by_source.items())}
+    if any(tokens is None for tokens in sources.values()):
+        return []
+    sources = {name: tokens for name, tokens in sources.items() if tokens > 0}
+    total = sum(sources.values())
+
+    def samples_of(tokens: int, eval_iters: int) -> int:
+        return math.ceil(math.ceil(eval_iters * t.global_batch_size * tokens / total) * (1 + _BLEND_SURPLUS)) + 1
+
+    def fits(eval_iters: int) -> bool:
+        return all(samples_of(n, eval_iters) * seq + 1 <= n for n in sources.values())
+
+    errors = []
+    for source, tokens in sources.items():
+        samples = samples_of(tokens, t.eval_iters)
+        if samples * seq + 1 <= tokens:
+            continue
+        best = next((e for e in range(t.eval_iters - 1, 0, -1) if fits(e)), 0)
+        fix = (f"lower train.eval_iters to {best} or less, or model.seq_length" if best else
+               "lower model.seq_length or train.global_batch_size")
+        errors.append(
+            f"model.seq_length={seq}: held-out source '{source}' holds only {tokens} tokens, but the held-out "
+            f"loss (train.eval_interval={t.eval_interval}) reads {samples} samples of it in each evaluation "
+            f"(its share of train.eval_iters={t.eval_iters} x train.global_batch_size={t.global_batch_size}), "
+            f"{samples * seq + 1} tokens: it would be measured on repeated text; {fix}, or set "
+            "train.eval_interval=0 (held-out BPB still scores every document)")
     return errors
 
 

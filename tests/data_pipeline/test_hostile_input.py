@@ -8,7 +8,9 @@ truncated archive) and checks that every input record is either kept or counted 
 import gzip
 import json
 import os
+import sys
 
+import pytest
 import zstandard
 
 from data_pipeline.pipeline import run
@@ -188,3 +190,50 @@ def test_a_lone_surrogate_escape_is_quarantined_not_a_crash(tmp_path):
     assert "surrogate" in rows[0]["error"]
     table = clean_records(rows, cfg)
     assert table.column("status").to_pylist() == ["quarantined", "quarantined", "kept"]
+
+
+@pytest.fixture
+def crash_probe_module():
+    """Name of the module registering the ``crash_probe`` stage; unregistered afterwards (the registry is
+    process-wide and other tests expect the built-in stages only)."""
+    from data_pipeline.stage import REGISTRY
+
+    name = "tests.data_pipeline.crashing_stage"
+    yield name
+    REGISTRY.pop("crash_probe", None)
+    sys.modules.pop(name, None)
+
+
+def test_a_document_that_makes_a_stage_raise_is_quarantined_and_the_run_goes_on(ray_cluster, tmp_path,
+                                                                                crash_probe_module):
+    from tests.data_pipeline.crashing_stage import TRIGGER
+
+    t1, t2, t3 = _texts(3)
+    bad = t2 + "\n" + TRIGGER
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.jsonl").write_bytes(_jsonl([{"id": "good1", "text": t1}, {"id": "bad", "text": bad},
+                                           {"id": "good3", "text": t3}]))
+    out = tmp_path / "out"
+    run(load_config(input=str(root), output=str(out), stage_modules=[crash_probe_module],
+                    stages=["normalize", "crash_probe", "language", "quality", "pii"],
+                    **{"heldout.fraction": 0.0}))
+
+    report = json.loads((out / "report.json").read_text())
+    _assert_totals_add_up(report)
+    assert (report["input"], report["quarantined"]) == (3, 1)
+    assert report["quarantined_by_stage"] == {"crash_probe": 1}
+    assert sorted(r["id"] for r in output_rows(out, "shards")) == ["good1", "good3"]  # the run went on
+    [row] = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert row["file"].endswith("a.jsonl") and row["line"] == 2 and row["stage"] == "crash_probe"
+    assert row["error"].startswith("stage 'crash_probe' raised ZeroDivisionError: ")
+    assert "crashing_stage.py:" in row["error"]  # where it raised
+    assert row["raw"] == bad  # the input text, whole, for whoever fixes the stage
+    assert "crash_probe: 1" in (out / "report.md").read_text()
+
+
+def test_stage_modules_that_cannot_be_imported_are_named(tmp_path):
+    from data_pipeline.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"config key 'stage_modules': cannot import 'no_such_stages_mod'"):
+        validate(load_config(input="x", output=str(tmp_path), stage_modules=["no_such_stages_mod"]))

@@ -130,7 +130,9 @@ def test_seq_length_longer_than_a_heldout_source_is_refused_when_the_heldout_los
     assert heldout and all("model.seq_length=16384" in e and "train.eval_interval" in e for e in heldout), errors
     # without the held-out loss (BPB scores each document in its own windows) it is accepted
     assert errors_for(data_dir, manifest, "model.seq_length=16384", "train.eval_interval=0") == []
-    assert errors_for(data_dir, manifest, "model.seq_length=2048") == []
+    # shorter than every source, but 16 samples of 2048 tokens per evaluation are more than 7.8k tokens hold
+    errors = errors_for(data_dir, manifest, "model.seq_length=2048")
+    assert errors and all("train.eval_iters=2 x train.global_batch_size=8" in e for e in errors), errors
 
 
 # --- issue 17: the trainer runs the planner's fit check and refuses what cannot fit --------------
@@ -188,3 +190,53 @@ def test_python_m_pretrain_refuses_before_any_process_group(data_dir, tmp_path):
     assert "launching" not in done.stdout and "torch.distributed" not in done.stderr
     assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "checkpoints").exists()
     assert elapsed < 60, f"the refusal took {elapsed:.0f} s"
+
+
+def _label_positions(gpt, j: int) -> list[tuple[int, int]]:
+    """(document, offset) of every token sample ``j`` of a megatron GPTDataset predicts (its labels)."""
+    idx = gpt.shuffle_index[j]
+    (beg, beg_off), (end, end_off) = gpt.sample_index[idx], gpt.sample_index[idx + 1]
+    lengths = gpt.dataset.sequence_lengths
+    out = []
+    for i in range(beg, end + 1):
+        doc = int(gpt.document_index[i])
+        first = beg_off + 1 if i == beg else 0
+        last = end_off if i == end else lengths[doc] - 1
+        out += [(doc, k) for k in range(int(first), int(last) + 1)]
+    return out
+
+
+def _tokens_predicted_twice(cfg, manifest, cache: Path) -> int:
+    """Build the valid split exactly as the trainer does and count the tokens one evaluation predicts
+    more than once (it reads samples 0 .. eval_iters * global_batch_size - 1)."""
+    import torch.distributed as dist
+
+    from pretrain.data import build_datasets
+
+    cache.mkdir(parents=True)
+    dist.init_process_group("gloo", init_method=f"file://{cache / 'pg'}", rank=0, world_size=1)
+    try:
+        valid = build_datasets(cfg, manifest, cache).valid
+    finally:
+        dist.destroy_process_group()
+    seen: dict[tuple[int, int, int], int] = {}
+    for idx in range(cfg.train.eval_iters * cfg.train.global_batch_size):
+        source, j = int(valid.dataset_index[idx]), int(valid.dataset_sample_index[idx])
+        for doc, offset in _label_positions(valid.datasets[source], j):
+            seen[source, doc, offset] = seen.get((source, doc, offset), 0) + 1
+    return sum(n - 1 for n in seen.values())
+
+
+def test_the_heldout_loss_never_counts_a_token_twice(data_dir, manifest, tmp_path):
+    """The rule is checked against the valid split megatron really builds: the most eval_iters it
+    accepts reads every held-out token at most once; a config it refuses would read some twice."""
+    accepted = [e for e in range(1, 12) if not errors_for(data_dir, manifest, f"train.eval_iters={e}")]
+    assert accepted and accepted == list(range(1, accepted[-1] + 1)), accepted
+    most = accepted[-1]
+    refused = errors_for(data_dir, manifest, f"train.eval_iters={most + 1}")
+    assert refused and all(f"lower train.eval_iters to {most} or less" in e for e in refused), refused
+
+    assert _tokens_predicted_twice(cfg_with(data_dir, f"train.eval_iters={most}"), manifest, tmp_path / "a") == 0
+    too_many = cfg_with(data_dir, f"train.eval_iters={3 * most}")
+    assert errors_for(data_dir, manifest, f"train.eval_iters={3 * most}")
+    assert _tokens_predicted_twice(too_many, manifest, tmp_path / "b") > 0  # what the rule prevents
