@@ -133,9 +133,11 @@ def build_datasets(cfg: DictConfig, manifest: dict[str, Any], cache_dir: Path) -
     valid_ds = None
     valid = heldout_blend(manifest) if train.eval_interval and train.eval_iters else None
     if valid:
-        num_evals = train.train_iters // train.eval_interval + 1
+        # every evaluation reads the same eval_iters x train.global_batch_size samples
+        # (MegatronStep.evaluate); asking megatron for more would build several epochs of the
+        # held-out documents and shuffle repeats into those samples
         _, valid_ds, _ = BlendedMegatronDatasetBuilder(
-            GPTDataset, [0, num_evals * train.eval_iters * train.global_batch_size, 0], lambda: True,
+            GPTDataset, [0, train.eval_iters * train.global_batch_size, 0], lambda: True,
             _gpt_config(cfg, [None, valid, None], cache_dir, tokenizer)).build()
     return Datasets(train=stream, valid=valid_ds, tokenizer=tokenizer)
 
