@@ -66,3 +66,11 @@ def test_a_run_logs_position_buckets_that_add_up_to_the_heldout_loss(tmp_path):
     assert checked == 3  # en, code, web
     plot = run_dir / "heldout_positions.png"
     assert plot.exists() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_buckets_are_refused_before_launch(tmp_path):
+    data_dir = make_indexed_dataset(tmp_path / "data")
+    out = subprocess.run(pretrain_cmd(data_dir, tmp_path / "run", "train.heldout_position_buckets=[32,16]"),
+                         cwd=REPO_ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "train.heldout_position_buckets=[32, 16]" in out.stderr and "launching" not in out.stdout
