@@ -11,6 +11,7 @@ including the final EOD predicted), so the BPB the trainer logs equals what
 Windows are padded to the model's sequence length (loss mask 0 on padding) so
 they go through megatron's own pipeline schedule with ``forward_only=True``;
 data-parallel ranks take interleaved windows and the sums are all-reduced.
+The same passes also sum the loss by position in the window (:mod:`pretrain.eval.positions`).
 """
 
 from __future__ import annotations
