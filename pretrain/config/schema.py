@@ -127,6 +127,7 @@ class TrainConfig:
     eval_iters: int = 2                   # batches per held-out evaluation
     bpb_interval: int = 0                 # held-out loss/BPB per language and source every N steps; always at the end
     heldout_max_documents: Optional[int] = None  # score only the first N documents per held-out set (BPB: null)
+    heldout_position_buckets: Optional[List[int]] = None  # inner edges of the held-out loss-by-position buckets (null: doubling from seq_length/64)
     z_loss: float = 0.0                   # PaLM z-loss coefficient (1e-4): + c·log²Z per token; 0: off
     gpu: GpuConfig = field(default_factory=GpuConfig)
     rampup_batch_size: Optional[List[int]] = None  # [start, increment, ramp samples]: megatron's batch ramp-up (null: off)

@@ -294,7 +294,22 @@ def misc_errors(cfg: DictConfig) -> list[str]:
         errors.append(f"model.rope_scaling.factor={rs.factor} must be > 1 with model.rope_scaling.type={rs.type}")
     if cfg.checkpoint.keep_last < 1:
         errors.append("checkpoint.keep_last must be >= 1 (the latest checkpoint is always kept)")
+    errors += position_bucket_errors(cfg)
     return errors
+
+
+def position_bucket_errors(cfg: DictConfig) -> list[str]:
+    """``train.heldout_position_buckets`` before launch, not at the first held-out evaluation."""
+    from pretrain.eval.positions import position_edges
+
+    boundaries = cfg.train.get("heldout_position_buckets")
+    if boundaries is None or cfg.model.seq_length < 1:
+        return []
+    try:
+        position_edges(int(cfg.model.seq_length), list(boundaries))
+    except ValueError as err:
+        return [str(err)]
+    return []
 
 
 def deepspeed_errors(cfg: DictConfig) -> list[str]:

@@ -11,6 +11,7 @@ including the final EOD predicted), so the BPB the trainer logs equals what
 Windows are padded to the model's sequence length (loss mask 0 on padding) so
 they go through megatron's own pipeline schedule with ``forward_only=True``;
 data-parallel ranks take interleaved windows and the sums are all-reduced.
+The same passes also sum the loss by position in the window (:mod:`pretrain.eval.positions`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from pretrain.eval.bpb import Score, document_windows
+from pretrain.eval.positions import REPORT_KEY, bucket_rows, bucketed_forward_step, position_edges
 
 
 def load_windows(prefix: str, eod_id: int, seq_length: int, max_documents: int | None) -> list[tuple[list[int], list[int]]]:
@@ -51,8 +53,9 @@ def _window_batches(windows: list[tuple[list[int], list[int]]], micro_batch_size
 
 
 def score_dataset(forward_backward, model: list, forward_step, windows: list, micro_batch_size: int,
-                  seq_length: int, eod_id: int) -> tuple[float, int]:
-    """Summed nats and predicted-token count over ``windows``, on every rank."""
+                  seq_length: int, eod_id: int, buckets: int = 0) -> tuple[float, int, list[list[float]]]:
+    """Summed nats and predicted-token count over ``windows``, on every rank, and per position
+    bucket ``[nats, tokens]`` when ``forward_step`` reports them (``buckets`` of them)."""
     from megatron.core import parallel_state
 
     dp_rank = parallel_state.get_data_parallel_rank()
@@ -71,20 +74,22 @@ def score_dataset(forward_backward, model: list, forward_step, windows: list, mi
             model=model, num_microbatches=num_microbatches, seq_length=seq_length,
             micro_batch_size=micro_batch_size, forward_only=True)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    total = torch.zeros(2, dtype=torch.float64, device=device)
+    total = torch.zeros(2 + 2 * buckets, dtype=torch.float64, device=device)
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True) and \
             parallel_state.get_tensor_model_parallel_rank() == 0:
         for item in reports:
-            total += item["lm loss"].to(total)
+            total[:2] += item["lm loss"].to(total)
+            if buckets:
+                total[2:] += item[REPORT_KEY].reshape(-1).to(total)
     dist.all_reduce(total)
-    return float(total[0]), int(round(float(total[1])))
+    return float(total[0]), int(round(float(total[1]))), total[2:].reshape(buckets, 2).tolist()
 
 
 class HeldoutEvaluator:
     """Scores the manifest's held-out datasets by language and by source."""
 
     def __init__(self, manifest: dict[str, Any], seq_length: int, micro_batch_size: int,
-                 max_documents: int | None = None) -> None:
+                 max_documents: int | None = None, position_buckets: list[int] | None = None) -> None:
         self.eod_id = int(manifest["eod_id"])
         self.seq_length = seq_length
         self.micro_batch_size = micro_batch_size
@@ -95,6 +100,7 @@ class HeldoutEvaluator:
             for kind in ("by_lang", "by_source")}
         self._windows: dict[str, list] = {}
         self.max_documents = max_documents
+        self.position_edges = position_edges(seq_length, position_buckets)  # pretrain.eval.positions
 
     @property
     def empty(self) -> bool:
@@ -110,18 +116,20 @@ class HeldoutEvaluator:
         for chunk in model:
             chunk.eval()
         results: dict[str, dict[str, dict]] = {}
+        forward_step = bucketed_forward_step(forward_step, self.position_edges)
         for kind, datasets in self.groups.items():
             results[kind] = {}
             for name, info in datasets.items():
-                nats, tokens = score_dataset(forward_backward, model, forward_step,
-                                             self._windows_for(info["prefix"]), self.micro_batch_size,
-                                             self.seq_length, self.eod_id)
+                nats, tokens, sums = score_dataset(forward_backward, model, forward_step,
+                                                   self._windows_for(info["prefix"]), self.micro_batch_size,
+                                                   self.seq_length, self.eod_id, len(self.position_edges) - 1)
                 # Byte counts are for whole documents: only valid when every document was scored.
                 whole = self.max_documents is None or self.max_documents >= info["documents"]
                 score = Score(nats=nats, tokens=tokens, bytes=int(info["bytes"]) if whole else 0,
                               documents=int(info["documents"]))
                 row = score.as_dict() if whole else {"loss": score.loss, "perplexity": score.perplexity,
                                                      "bpb": None, "tokens": tokens}
+                row["positions"] = bucket_rows(self.position_edges, sums, tokens, score.bytes or None)
                 results[kind][name] = row
         for chunk in model:
             chunk.train()

@@ -191,7 +191,7 @@ class RunMonitor:
                 self._warn(f"fresh start (no checkpoint loaded): the old {fields['file']} was moved to "
                            f"{fields['moved_to']} so every step appears once")
             self.event(name, start_step, **fields)
-        if layout:
+        if layout and "precision" in layout:  # backend=deepspeed describes no layout, only lr_groups
             self._print(format_layout(layout))
 
     @property

@@ -59,8 +59,10 @@ def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: b
     callbacks.append(metrics)
     if has_valid and t.eval_interval:
         callbacks.append(ValidLoss(t.eval_interval, t.eval_iters, metrics))
-    heldout = HeldoutEvaluator(manifest, cfg.model.seq_length, t.micro_batch_size, t.heldout_max_documents)
-    callbacks += [HeldoutBPB(heldout, t.bpb_interval, metrics),
+    buckets = OmegaConf.to_container(t.heldout_position_buckets) if t.heldout_position_buckets else None
+    heldout = HeldoutEvaluator(manifest, cfg.model.seq_length, t.micro_batch_size, t.heldout_max_documents,
+                               buckets)
+    callbacks += [HeldoutBPB(heldout, t.bpb_interval, metrics, Path(cfg.run_dir)),
                   checkpointing, SaveAndRequeueOnSignal(checkpointing)]
     return callbacks, metrics
 

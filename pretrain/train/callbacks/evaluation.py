@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch.distributed as dist
+
 from pretrain.eval.heldout import HeldoutEvaluator
+from pretrain.eval.positions import plot_positions
 from pretrain.train.callback import Callback, StepOutcome, TrainerView
 from pretrain.train.callbacks.metrics import Metrics
 
+
+
+POSITIONS_PLOT = "heldout_positions.png"
 
 
 class ValidLoss(Callback):
@@ -24,13 +32,17 @@ class HeldoutBPB(Callback):
     """``train.bpb_interval`` and the end of the run: whole held-out documents by language and
     source (the BPB Tele-FLM publishes, equal to what the exported HF model scores)."""
 
-    def __init__(self, evaluator: HeldoutEvaluator, interval: int, metrics: Metrics) -> None:
+    def __init__(self, evaluator: HeldoutEvaluator, interval: int, metrics: Metrics,
+                 run_dir: Path | None = None) -> None:
         self.evaluator, self.interval, self.metrics = evaluator, interval, metrics
+        self.run_dir = run_dir
 
-    def _evaluate(self, trainer: TrainerView) -> None:
-        if not self.evaluator.empty:
-            results = trainer.step.score_heldout(self.evaluator)
-            self.metrics.log_heldout(trainer.progress.iteration, results)
+    def _evaluate(self, trainer: TrainerView) -> dict | None:
+        if self.evaluator.empty:
+            return None
+        results = trainer.step.score_heldout(self.evaluator)
+        self.metrics.log_heldout(trainer.progress.iteration, results)
+        return results
 
     def after_step(self, trainer: TrainerView, outcome: StepOutcome) -> None:
         iteration = trainer.progress.iteration
@@ -39,4 +51,7 @@ class HeldoutBPB(Callback):
             self._evaluate(trainer)
 
     def on_end(self, trainer: TrainerView) -> None:
-        self._evaluate(trainer)
+        results = self._evaluate(trainer)
+        # the final evaluation's loss by position (pretrain.eval.positions): rank 0 draws it
+        if results is not None and self.run_dir is not None and dist.get_rank() == 0:
+            plot_positions(results, trainer.progress.iteration, self.run_dir / POSITIONS_PLOT)
