@@ -25,7 +25,14 @@ def test_adapter_exposes_the_special_ids(encoded, sp):
 
 @pytest.fixture
 def single_process_group(tmp_path):
-    """The trainer runs inside a process group; megatron's cache writing asks for the rank."""
+    """The trainer runs inside a process group; megatron's cache writing asks for the rank.
+
+    Tests that build models in this process keep their world of one alive
+    (pretrain.scaling.local_world): reuse it rather than initialise a second one."""
+    if torch.distributed.is_initialized():
+        assert torch.distributed.get_world_size() == 1
+        yield
+        return
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
     yield
     torch.distributed.destroy_process_group()
