@@ -40,7 +40,7 @@ if ! munge -n >/dev/null 2>&1; then
 fi
 
 # One node, named localhost, with this machine's CPUs and most of its memory.
-cpus=$(nproc)
+cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)   # GNU nproc honours OMP_NUM_THREADS (make exports 1)
 mem_mb=$(awk '/MemTotal/ {print int($2/1024*0.9)}' /proc/meminfo)
 conf_dir=/etc/slurm
 mkdir -p "$conf_dir" /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/slurm
@@ -77,19 +77,21 @@ NodeName=localhost NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${mem_mb} State=UN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
 )
+running() { pgrep -x "$1" >/dev/null 2>&1; }
 conf_changed=0
 if [ ! -f "$conf_dir/slurm.conf" ] || [ "$(cat "$conf_dir/slurm.conf")" != "$new_conf" ]; then
   printf '%s\n' "$new_conf" > "$conf_dir/slurm.conf"
   conf_changed=1
 fi
 
-running() { pgrep -x "$1" >/dev/null 2>&1; }
 if [ "$conf_changed" = 1 ]; then
   # A changed config needs fresh daemons (their PIDs from the pid files only).
   for pidf in /run/slurm/slurmd.pid /run/slurm/slurmctld.pid; do
     [ -s "$pidf" ] && kill "$(cat "$pidf")" 2>/dev/null || true
   done
-  sleep 1
+  # slurmctld saves its state before exiting: wait for both to be gone, or the start below
+  # sees the old one still running, skips it, and is left with no controller at all
+  for _ in $(seq 100); do running slurmctld || running slurmd || break; sleep 0.1; done
 fi
 if ! running slurmctld; then log "starting slurmctld"; /usr/sbin/slurmctld -i; fi
 if ! running slurmd; then log "starting slurmd"; /usr/sbin/slurmd -N localhost; fi
