@@ -222,7 +222,8 @@ def test_report_counts_per_benchmark_end_to_end(ray_cluster, tmp_path):
     from data_pipeline.pipeline import run
 
     planted, clean = planted_corpus()
-    docs = [d for _, d in planted] + clean
+    bare = [record_text(recs[0], DEFAULT_FIELDS) for recs in map(_records, BENCHMARKS)]  # too little left: dropped
+    docs = [d for _, d in planted] + clean + bare
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "mix.jsonl").write_text(
         "".join(json.dumps({"id": f"d{i}", "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(docs)),
@@ -242,6 +243,7 @@ def test_report_counts_per_benchmark_end_to_end(ray_cluster, tmp_path):
             e["cut"] += 1
             e["spans_cut"] += r["decontaminated_spans"]
     assert report["decontamination"] == expected and set(expected) == set(BENCHMARKS)
+    assert sum(e["dropped"] for e in expected.values()) >= 3 and sum(e["cut"] for e in expected.values()) >= 30
     shards = output_rows(tmp_path / "out", "shards")
     assert sum(r["decontaminated_spans"] > 0 for r in shards) == sum(e["cut"] for e in expected.values())
     assert "## Benchmark decontamination" in (tmp_path / "out" / "report.md").read_text()
