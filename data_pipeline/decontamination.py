@@ -169,14 +169,18 @@ class NgramIndex:
         match = Match()
         for (kind, n), (keys, masks) in self.tables.items():
             hashes = u.word_hashes if kind == WORD else u.char_hashes
-            if len(hashes) < n:
+            if len(hashes) < n or (kind == CHAR and not u.char_cjk.any()):
                 continue
             grams = ngram_hashes(hashes, n)
+            where = np.arange(len(grams))
+            if kind == CHAR:  # only such windows are indexed: English text costs no look-up here
+                where = np.flatnonzero(_windows_cjk_enough(u.char_cjk, n))
+                grams = grams[where]
             at = np.minimum(np.searchsorted(keys, grams), len(keys) - 1)
             hit = np.flatnonzero(keys[at] == grams)
             if not len(hit):
                 continue
-            for i, bit in zip(hit.tolist(), masks[at[hit]].tolist()):
+            for i, bit in zip(where[hit].tolist(), masks[at[hit]].tolist()):
                 for b, name in enumerate(self.names):
                     if bit >> b & 1:
                         match.counts[name] = match.counts.get(name, 0) + 1
