@@ -98,8 +98,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate_decontaminate(cfg: DictConfig) -> None:
-    """Settings and benchmark paths checked before any work; the index itself is built (and its files
-    parsed) in each worker, where a malformed line also fails with the benchmark's key."""
+    """Settings, paths, and the benchmark files themselves (the index is built here once, so a malformed
+    line or a benchmark without usable text fails before any work; workers build their own copy)."""
     block = OmegaConf.select(cfg, "decontaminate", default=None)
     _require(block is not None, "decontaminate", "is required by stage 'decontaminate'")
     _require(block.get("action", "drop") in ("drop", "cut"), "decontaminate.action", "must be drop or cut")
@@ -117,3 +117,7 @@ def _validate_decontaminate(cfg: DictConfig) -> None:
         value = block.get(key, 0)
         _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, f"decontaminate.{key}",
                  "must be an integer >= 0")
+    if benchmarks:
+        from data_pipeline.stages.decontaminate import Decontaminate
+
+        Decontaminate(plain(block))

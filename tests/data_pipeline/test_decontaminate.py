@@ -214,6 +214,8 @@ def test_no_benchmarks_is_a_no_op_and_bad_settings_name_their_key(tmp_path):
     bad.write_text('{"question": "fine"}\n{not json\n')
     with pytest.raises(ConfigError, match=r"config key 'decontaminate.benchmarks.bad': .*bad.jsonl:2 is not JSON"):
         Decontaminate(plain({"benchmarks": {"bad": str(bad)}, "word_min": 1}))
+    with pytest.raises(ConfigError, match=r"config key 'decontaminate.benchmarks.bad': .*bad.jsonl:2"):
+        validate(load_config(input="x", output="y", **{"decontaminate.benchmarks": {"bad": str(bad)}}))
 
 
 def test_report_counts_per_benchmark_end_to_end(ray_cluster, tmp_path):
