@@ -167,6 +167,16 @@ def test_short_items_are_matched_whole_or_counted_as_skipped(tmp_path):
         build_index({"t": _bench(tmp_path, [{"question": "hi"}], "t.jsonl")}, DEFAULT_FIELDS)
 
 
+def test_spans_point_into_the_original_text_when_normalising_changes_its_length():
+    """NFKC turns the ligature into two letters; the cut must still remove the right characters."""
+    index = build_index({"mmlu": BENCHMARKS["mmlu"]}, DEFAULT_FIELDS)
+    text = ("Intro. Which enzyme in the \ufb01ctional bacterium Thermovibrio lucens would most likely be denatured "
+            "\ufb01rst if the culture were moved. Outro.")
+    match = index.find(text)
+    assert match is not None and match.benchmark == "mmlu"
+    assert cut_spans(text, match.spans, 0) == ("Intro.\n\n. Outro.", 1, 2)
+
+
 def test_cjk_matching_ignores_script_punctuation_spacing_and_option_labels(tmp_path):
     q = "一位工程师用长度为六米的钢管围成一个矩形框架要使面积最大"
     index = build_index({"zh": _bench(tmp_path, [{"question": q}])}, DEFAULT_FIELDS)
