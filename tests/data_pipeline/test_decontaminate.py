@@ -160,7 +160,7 @@ def test_short_items_are_matched_whole_or_counted_as_skipped(tmp_path):
     index = build_index({"s": _bench(tmp_path, [{"question": short}, {"question": "What is 2 + 2?"}])},
                         DEFAULT_FIELDS)
     assert index.stats["s"] == {"records": 2, "indexed": 1, "skipped_short": 1, "ngrams": 1}
-    assert index.find(f"Yesterday THE quick, brown fox -- jumps over lazy dogs! again").counts == {"s": 1}
+    assert index.find("Yesterday THE quick, brown fox -- jumps over lazy dogs! again").counts == {"s": 1}
     assert index.find("the quick brown fox jumps over lazy cats") is None
     assert index.find("what is 2 + 2") is None  # never indexed: too short to tell from common text
     with pytest.raises(ConfigError, match=r"config key 'decontaminate.benchmarks.t': none of its 1 records"):
