@@ -65,6 +65,8 @@ def validate(cfg: DictConfig) -> None:
     if "zh_script" in cfg.stages:
         convert = OmegaConf.select(cfg, "zh_script.convert", default=None)
         _require(convert in (None, "none", "hans", "hant"), "zh_script.convert", "must be none, hans or hant")
+    if "decontaminate" in cfg.stages:
+        _validate_decontaminate(cfg)
     _require(0.0 <= float(cfg.normalize.max_bad_char_fraction) <= 1.0, "normalize.max_bad_char_fraction", "must be in [0, 1]")
     _require(len(cfg.language.allowed) > 0, "language.allowed", "must list at least one language")
     _require(int(cfg.language.max_bytes) > 0, "language.max_bytes", "must be positive")
@@ -93,3 +95,29 @@ def validate(cfg: DictConfig) -> None:
     _require(int(cfg.ray.num_cpus) > 0, "ray.num_cpus", "must be positive")
     _require(int(cfg.ray.batch_size) > 0, "ray.batch_size", "must be positive")
     _require(int(cfg.resume.files_per_commit) > 0, "resume.files_per_commit", "must be positive")
+
+
+def _validate_decontaminate(cfg: DictConfig) -> None:
+    """Settings, paths, and the benchmark files themselves (the index is built here once, so a malformed
+    line or a benchmark without usable text fails before any work; workers build their own copy)."""
+    block = OmegaConf.select(cfg, "decontaminate", default=None)
+    _require(block is not None, "decontaminate", "is required by stage 'decontaminate'")
+    _require(block.get("action", "drop") in ("drop", "cut"), "decontaminate.action", "must be drop or cut")
+    benchmarks = block.get("benchmarks") or {}
+    _require(hasattr(benchmarks, "items"), "decontaminate.benchmarks", "must be a mapping {name: path}")
+    for name, spec in benchmarks.items():
+        path = spec.get("path") if hasattr(spec, "items") else spec
+        _require(bool(path) and os.path.exists(os.path.expanduser(str(path))), f"decontaminate.benchmarks.{name}",
+                 f"'{path}' does not exist")
+    for key in ("word_ngram", "word_min", "char_ngram", "char_min", "max_cuts"):
+        value = block.get(key, 1)
+        _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, f"decontaminate.{key}",
+                 "must be a positive integer")
+    for key in ("cut_margin", "min_remaining_chars"):
+        value = block.get(key, 0)
+        _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, f"decontaminate.{key}",
+                 "must be an integer >= 0")
+    if benchmarks:
+        from data_pipeline.stages.decontaminate import Decontaminate
+
+        Decontaminate(plain(block))

@@ -70,6 +70,7 @@ def build_report(tally: dict, run_info: dict) -> dict:
         "heldout_by_source": {s: {"documents": e["documents"], "bytes": e["bytes"], "langs": dict(sorted(e["langs"].items()))}
                               for s, e in sorted(tally["heldout_by"].items())},
         "pii_replacements": dict(sorted(tally["pii"].items())),
+        "decontamination": decontamination(by_stage.get("decontaminate", {}), tally.get("decontaminated", {})),
         # quarantined records by where they failed: "read" (the reader) or the stage that raised on them
         "quarantined_by_stage": _count_by_stage(tally["quarantine"]),
         # files read only in part or not at all (each also counted once or more in ``quarantined``)
@@ -78,6 +79,19 @@ def build_report(tally: dict, run_info: dict) -> dict:
                                 key=lambda q: (q["file"], q["line"] or 0)),
         **run_info,
     }
+
+
+def decontamination(dropped: dict, cut: dict) -> dict:
+    """Per benchmark: documents dropped (``contaminated:<name>``), documents kept with spans cut, spans cut."""
+    out: dict[str, dict] = {}
+    for reason, entry in dropped.items():
+        name = reason.split(":", 1)[1] if reason.startswith("contaminated:") else reason
+        out.setdefault(name, {"dropped": 0, "cut": 0, "spans_cut": 0})["dropped"] += entry["count"]
+    for name, entry in cut.items():
+        into = out.setdefault(name, {"dropped": 0, "cut": 0, "spans_cut": 0})
+        into["cut"] += entry["documents"]
+        into["spans_cut"] += entry["spans"]
+    return dict(sorted(out.items()))
 
 
 def _count_by_stage(quarantine: list[dict]) -> dict[str, int]:
@@ -125,6 +139,11 @@ def report_markdown(report: dict) -> str:
     if report.get("kept_by_script"):
         lines += ["", "## Kept Chinese, by script", "", "| script | documents |", "|---|---:|"]
         lines += [f"| {script} | {n} |" for script, n in report["kept_by_script"].items()]
+    if report.get("decontamination"):
+        lines += ["", "## Benchmark decontamination", "", "| benchmark | dropped | kept with spans cut | spans cut |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {e['dropped']} | {e['cut']} | {e['spans_cut']} |"
+                  for name, e in report["decontamination"].items()]
     lines += ["", "## PII replacements (documents kept)", "", "| kind | replacements |", "|---|---:|"]
     lines += [f"| {kind} | {n} |" for kind, n in report["pii_replacements"].items()]
     lines += ["", "## Run", "", "```json", json.dumps({k: report[k] for k in ("files", "stage1", "dedup", "seconds")

@@ -37,7 +37,8 @@ SUCCESS = "_SUCCESS"
 # steps read is added (2: doc_id), so a resume redoes files committed by an older version instead of
 # failing in dedup on the missing column.
 # 3: url, domain, meta, zh_script; rows dropped by the reader (WARC records that are not documents).
-STAGE1_FORMAT = "stage1-format 3"
+# 4: decontaminated_spans, decontaminated_from (the writer tallies them).
+STAGE1_FORMAT = "stage1-format 4"
 READ_COLUMNS = ("kind", "id", "text", "line", "source", "lang_hint", "url", "domain", "meta", "stage", "reason",
                 "file", "error", "raw")
 

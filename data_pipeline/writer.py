@@ -38,7 +38,9 @@ def _new_tally() -> dict:
             "dropped": defaultdict(lambda: {"count": 0, "examples": []}),
             "kept_by": defaultdict(lambda: {"documents": 0, "bytes": 0, "langs": defaultdict(int)}),
             "heldout_by": defaultdict(lambda: {"documents": 0, "bytes": 0, "langs": defaultdict(int)}),
-            "kept_by_script": defaultdict(int), "pii": defaultdict(int), "quarantine": []}
+            "kept_by_script": defaultdict(int), "pii": defaultdict(int), "quarantine": [],
+            # documents kept after decontamination cut spans out of them, by benchmark: {documents, spans}
+            "decontaminated": defaultdict(lambda: {"documents": 0, "spans": 0})}
 
 
 def _add_drop(tally: dict, stage: str, reason: str, doc_id: str, text: str) -> None:
@@ -98,6 +100,12 @@ def write_part(index: int, path: str, out_dir: str, removed: dict[str, str], hel
         for script in train.column("zh_script").to_pylist():
             if script:
                 tally["kept_by_script"][script] += 1
+    if "decontaminated_from" in kept.column_names:  # training and held-out alike: what the cut changed
+        for bench, spans in zip(kept.column("decontaminated_from").to_pylist(),
+                                kept.column("decontaminated_spans").to_pylist()):
+            if bench:
+                tally["decontaminated"][bench]["documents"] += 1
+                tally["decontaminated"][bench]["spans"] += int(spans or 0)
     for kind in PII_KINDS:
         tally["pii"][kind] += int(pc.sum(kept.column(f"pii_{kind}")).as_py() or 0)
     return _plain(tally)
@@ -132,5 +140,8 @@ def merge_tallies(tallies: list[dict]) -> dict:
             total["pii"][kind] += n
         for script, n in t.get("kept_by_script", {}).items():
             total["kept_by_script"][script] += n
+        for bench, entry in t.get("decontaminated", {}).items():
+            total["decontaminated"][bench]["documents"] += entry["documents"]
+            total["decontaminated"][bench]["spans"] += entry["spans"]
         total["quarantine"].extend(t["quarantine"])
     return _plain(total)

@@ -15,10 +15,11 @@ from data_pipeline.stages import build_stages
 from .conftest import load_config, read_corpus
 
 # The stage-1 layout. Resumed runs mix files written before and after a change and the writer reads them
-# as one, so a change here must bump stage1.STAGE1_FORMAT (3 added url, domain, meta and zh_script).
+# as one, so a change here must bump stage1.STAGE1_FORMAT (3 added url, domain, meta and zh_script; 4 the decontaminated_* columns).
 BUILTIN_COLUMNS = [
     "file_key", "id", "doc_id", "text", "source", "lang", "lang_score", "lang_hint", "status", "stage", "reason", "file",
-    "line", "error", "n_chars", "n_bytes", "url", "domain", "meta", "pii_email", "pii_ip", "pii_phone", "pii_cn_id", "pii_us_ssn",
+    "line", "error", "n_chars", "n_bytes", "url", "domain", "meta", "decontaminated_spans", "decontaminated_from",
+    "pii_email", "pii_ip", "pii_phone", "pii_cn_id", "pii_us_ssn",
     "q_units", "q_mean_word_length", "q_alpha_words", "q_dup_line_fraction", "q_dup_line_char_fraction",
     "q_top_ngram_char_fraction", "q_dup_ngram_char_fraction", "q_line_punct_ratio", "q_short_line_ratio",
     "q_cjk_share", "q_cjk_punct_ratio", "zh_script", "exact_hash", "bands", "signature"]
@@ -56,7 +57,7 @@ def _reader_rows(texts: list[str]) -> list[dict]:
 
 def test_builtin_stages_keep_the_stage1_column_layout():
     assert stage1_schema().names == BUILTIN_COLUMNS
-    assert list(REGISTRY) == ["language", "normalize", "pii", "quality", "url_filter", "zh_script"]
+    assert list(REGISTRY) == ["decontaminate", "language", "normalize", "pii", "quality", "url_filter", "zh_script"]
 
 
 def test_a_registered_stage_runs_through_clean_records(banned_word):
