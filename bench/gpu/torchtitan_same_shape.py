@@ -83,7 +83,9 @@ def import_torchtitan(cpu: bool = False):
       dense models. Those kernels are MoE-only; a stand-in module that raises if called
       replaces them. Not done when triton is importable (every CUDA torch wheel).
     * torchtitan picks its device as ``torch._utils._get_available_device_type() or
-      "cuda"``; with ``cpu=True`` it is made to pick "cpu" (gloo, torch.cpu).
+      "cuda"``; with ``cpu=True`` it is made to pick "cpu" (gloo, torch.cpu), and its
+      device memory monitor (CUDA memory stats) is replaced by one that reports zeros and
+      the after-step-1 timeout change (a barrier with a CUDA device id) is skipped.
     """
     import torch
 
@@ -109,6 +111,8 @@ def import_torchtitan(cpu: bool = False):
         sys.modules[name] = stub
     import torchtitan
 
+    if cpu:
+        cpu_memory_monitor()
     version = getattr(torchtitan, "__version__", None)
     if version is None:
         from importlib.metadata import version as dist_version
@@ -121,6 +125,29 @@ def import_torchtitan(cpu: bool = False):
     return torchtitan
 
 
+def cpu_memory_monitor() -> None:
+    """torchtitan's DeviceMemoryMonitor reads CUDA-style memory stats that torch.cpu lacks."""
+    import torchtitan.components.metrics as metrics
+
+    class CpuMemoryMonitor:
+        device_name = "cpu"
+        device_capacity_gib = 0.0
+
+        def get_peak_stats(self):
+            return metrics.DeviceMemStats(0.0, 0.0, 0.0, 0.0, 0, 0)
+
+        def reset_peak_stats(self) -> None:
+            pass
+
+    metrics.build_device_memory_monitor = CpuMemoryMonitor
+
+    import torchtitan.distributed.utils as dist_utils
+
+    # After step 1 torchtitan tightens the process-group timeouts behind a barrier with
+    # device_ids=[torch.cpu.current_device()] == ["cpu"], which gloo's BarrierOptions refuses.
+    dist_utils.set_pg_timeouts = lambda *args, **kwargs: None
+
+
 # ----------------------------------------------------------------------------- model spec
 def model_spec_for(model_cfg: dict, seq_len: int, attn_backend: str):
     """A torchtitan llama3 ModelSpec with our shape, registered as flavor ``teleflm_<name>``."""
@@ -129,6 +156,7 @@ def model_spec_for(model_cfg: dict, seq_len: int, attn_backend: str):
     import torchtitan.models.llama3 as l3
     from torchtitan.distributed.pipeline_parallel import pipeline_llm
     from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm
+    from torchtitan.models.common.attention import ScaledDotProductAttention
     from torchtitan.protocols.model_spec import ModelSpec
 
     from pretrain.tools.flops import model_padded_vocab
@@ -149,10 +177,14 @@ def model_spec_for(model_cfg: dict, seq_len: int, attn_backend: str):
             hidden_dim=int(model_cfg["ffn_hidden_size"]),
             rope=ComplexRoPE.Config(dim=head_dim, max_seq_len=seq_len,
                                     theta=float(model_cfg.get("rotary_base", 10000)), scaling="none"),
-            attn_backend=attn_backend, tp_gemm_backend=tp_gemm_backend)
+            attn_backend="flex" if attn_backend == "sdpa" else attn_backend, tp_gemm_backend=tp_gemm_backend)
         for layer in layers:
             layer.attention_norm.eps = eps
             layer.ffn_norm.eps = eps
+            if attn_backend == "sdpa":
+                # torchtitan's LM registry refuses SDPA because it cannot take a per-document
+                # mask; our samples are one document each, so is_causal is the same mask.
+                layer.attention.inner_attention = ScaledDotProductAttention.Config()
         return l3.Llama3Model.Config(
             dim=dim, vocab_size=vocab, enable_weight_tying=False,
             tok_embeddings=Embedding.Config(num_embeddings=vocab, embedding_dim=dim,
@@ -375,8 +407,10 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=None, help="default: micro batch x 8 (as throughput.py)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--attn-backend", default="flex", choices=["flex", "flex_flash", "varlen"],
-                        help="torchtitan's attention for language models (flex is its llama3 default)")
+    parser.add_argument("--attn-backend", default="flex", choices=["flex", "flex_flash", "varlen", "sdpa"],
+                        help="flex: torchtitan's llama3 default; sdpa: torch SDPA with is_causal (cuDNN/flash), "
+                             "equal here because every sample is one document; --cpu-check uses sdpa "
+                             "(flex has no CPU backward)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks and the loss")
     parser.add_argument("--disable-cuda-graphs", action="store_true")
     parser.add_argument("--fp32", action="store_true", help="FP32 parameters (no BF16 mixed precision)")
@@ -392,6 +426,7 @@ def main() -> None:
         args.seq_len, args.micro_batch, args.steps, args.warmup = 128, 2, 2, 0
         args.global_batch = args.global_batch or 4
         args.fp32 = True  # CPU: no BF16 autocast through FSDP needed to check the loop
+        args.attn_backend = "sdpa"  # FlexAttention has no backward on CPU
     else:
         model_cfg = our_model_cfg(args.model)
         args.global_batch = args.global_batch or args.micro_batch * 8
