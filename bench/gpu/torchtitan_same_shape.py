@@ -423,7 +423,7 @@ def main() -> None:
 
     if args.cpu_check:
         model_cfg = our_model_cfg("tiny")
-        args.seq_len, args.micro_batch, args.steps, args.warmup = 128, 2, 2, 0
+        args.seq_len, args.micro_batch, args.steps, args.warmup = 128, 2, 2, 1  # step 1 includes set-up time
         args.global_batch = args.global_batch or 4
         args.fp32 = True  # CPU: no BF16 autocast through FSDP needed to check the loop
         args.attn_backend = "sdpa"  # FlexAttention has no backward on CPU
