@@ -2,6 +2,7 @@
 
     python bench/gpu/torchtitan_same_shape.py --check-only          # build the config, compare parameter counts
     python bench/gpu/torchtitan_same_shape.py --cpu-check           # tiny shape, 2 steps on CPU (gloo)
+    python bench/gpu/torchtitan_same_shape.py --cpu-check --cpu-bf16  # the same in BF16 mixed precision
     python bench/gpu/torchtitan_same_shape.py --out tt.json         # the benchmark (one GPU, BF16)
 
 The model is a torchtitan Llama-3 config with exactly the shape of ``configs/model/1b.yaml``
@@ -418,6 +419,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_gpu")
     parser.add_argument("--check-only", action="store_true", help="build the config and compare parameter counts")
     parser.add_argument("--cpu-check", action="store_true", help="tiny shape, 2 steps on CPU over gloo")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="with --cpu-check: BF16 mixed precision (FSDP2 policy) instead of FP32")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON")
     args = parser.parse_args()
 
@@ -425,7 +428,7 @@ def main() -> None:
         model_cfg = our_model_cfg("tiny")
         args.seq_len, args.micro_batch, args.steps, args.warmup = 128, 2, 2, 1  # step 1 includes set-up time
         args.global_batch = args.global_batch or 4
-        args.fp32 = True  # CPU: no BF16 autocast through FSDP needed to check the loop
+        args.fp32 = not args.cpu_bf16  # fp32 like throughput.py's CPU row; --cpu-bf16 checks the BF16 path
         args.attn_backend = "sdpa"  # FlexAttention has no backward on CPU
     else:
         model_cfg = our_model_cfg(args.model)
