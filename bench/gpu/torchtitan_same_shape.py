@@ -154,8 +154,6 @@ def cpu_memory_monitor() -> None:
 # ----------------------------------------------------------------------------- model spec
 def model_spec_for(model_cfg: dict, seq_len: int, attn_backend: str):
     """A torchtitan llama3 ModelSpec with our shape, registered as flavor ``teleflm_<name>``."""
-    from functools import partial
-
     import torchtitan.models.llama3 as l3
     from torchtitan.distributed.pipeline_parallel import pipeline_llm
     from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm
@@ -200,7 +198,7 @@ def model_spec_for(model_cfg: dict, seq_len: int, attn_backend: str):
     l3.llama3_configs[name] = flavor  # registered next to torchtitan's own flavors
     return ModelSpec(name="llama3", flavor=name, model=flavor(attn_backend),
                      parallelize_fn=l3.parallelize_llama, pipelining_fn=pipeline_llm,
-                     post_optimizer_build_fn=None, state_dict_adapter=l3.Llama3StateDictAdapter), partial
+                     post_optimizer_build_fn=None, state_dict_adapter=l3.Llama3StateDictAdapter)
 
 
 def torchtitan_param_count(spec) -> int:
@@ -340,7 +338,7 @@ def run(args, model_cfg: dict, name: str) -> dict:
     init_logger()
     single_process_env()
     counts = our_counts(model_cfg, args.seq_len)
-    spec, _ = model_spec_for(model_cfg, args.seq_len, args.attn_backend)
+    spec = model_spec_for(model_cfg, args.seq_len, args.attn_backend)
     config = trainer_config(spec, vocab=counts["padded_vocab"], seq_len=args.seq_len, micro_batch=args.micro_batch,
                             global_batch=args.global_batch, steps=args.steps, dump_folder=args.work / name,
                             compile_model=args.compile, cuda_graphs=not args.disable_cuda_graphs and not cpu,
@@ -391,7 +389,7 @@ def check(model_cfg: dict, seq_len: int, attn_backend: str, cpu: bool) -> dict:
     """Build the torchtitan config of our shape; its parameter count must equal ours exactly."""
     import_torchtitan(cpu=cpu)
     counts = our_counts(model_cfg, seq_len)
-    spec, _ = model_spec_for(model_cfg, seq_len, attn_backend)
+    spec = model_spec_for(model_cfg, seq_len, attn_backend)
     theirs = torchtitan_param_count(spec)
     ours = counts["params"]["total"]
     result = {"model": model_cfg.get("name"), "torchtitan_params": theirs, "our_params": ours,
