@@ -1,7 +1,7 @@
 """torchtitan (0.3.0, pinned) training our ~1B Tele-FLM shape: the baseline of bench/gpu.
 
     python bench/gpu/torchtitan_same_shape.py --check-only          # build the config, compare parameter counts
-    python bench/gpu/torchtitan_same_shape.py --cpu-check           # tiny shape, 2 steps on CPU (gloo)
+    python bench/gpu/torchtitan_same_shape.py --cpu-check           # tiny shape, 6 steps on CPU (gloo)
     python bench/gpu/torchtitan_same_shape.py --cpu-check --cpu-bf16  # the same in BF16 mixed precision
     python bench/gpu/torchtitan_same_shape.py --out tt.json         # the benchmark (one GPU, BF16)
 
@@ -418,7 +418,7 @@ def main() -> None:
     parser.add_argument("--name", default=None)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_gpu")
     parser.add_argument("--check-only", action="store_true", help="build the config and compare parameter counts")
-    parser.add_argument("--cpu-check", action="store_true", help="tiny shape, 2 steps on CPU over gloo")
+    parser.add_argument("--cpu-check", action="store_true", help="tiny shape, 6 steps on CPU over gloo")
     parser.add_argument("--cpu-bf16", action="store_true",
                         help="with --cpu-check: BF16 mixed precision (FSDP2 policy) instead of FP32")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON")
@@ -426,7 +426,8 @@ def main() -> None:
 
     if args.cpu_check:
         model_cfg = our_model_cfg("tiny")
-        args.seq_len, args.micro_batch, args.steps, args.warmup = 128, 2, 2, 1  # step 1 includes set-up time
+        # as throughput.py's CPU row: 6 steps, the first 2 (set-up, allocator warm-up) not measured
+        args.seq_len, args.micro_batch, args.steps, args.warmup = 128, 2, 6, 2
         args.global_batch = args.global_batch or 4
         args.fp32 = not args.cpu_bf16  # fp32 like throughput.py's CPU row; --cpu-bf16 checks the BF16 path
         args.attn_backend = "sdpa"  # FlexAttention has no backward on CPU
