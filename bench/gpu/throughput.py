@@ -207,7 +207,10 @@ def main() -> None:
     if not args.no_torchtitan:
         site = args.torchtitan_site if args.torchtitan_site.exists() else None
         facts["torchtitan"] = torchtitan_version(site)
-        if args.cpu_check:
+        if args.cpu_check and facts["torchtitan"] is None:
+            print(f"torchtitan not installed (no {args.torchtitan_site}): CPU check of our row only", file=sys.stderr)
+            titan_runs = []
+        elif args.cpu_check:
             titan_runs = [("torchtitan_tiny_cpu", ["--cpu-check", "--global-batch", "2"])]
         else:
             same = ["--model", "1b", "--seq-len", "4096", "--micro-batch", str(args.micro_batch),
