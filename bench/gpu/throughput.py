@@ -9,6 +9,14 @@ and MFU are the medians of the metrics.jsonl rows after the warm-up steps, as th
 trainer itself computes them (pretrain/tools/flops.py: 6N + causal attention, dense
 BF16 peak). ``--append-docs`` adds one row per measurement to docs/benchmarks.md with
 the date, the device and the versions, so figures are never quoted without them.
+
+Side by side, torchtitan (0.3.0, pinned) trains the same shape, batch and sequence
+(``bench/gpu/torchtitan_same_shape.py``, one subprocess per row): with its default
+FlexAttention and with SDPA. Its tokens/s are its own log's; its TFLOP/s and MFU are
+recomputed with OUR formula so the rows compare, and each of our BF16 rows gets the
+ratio of its tokens/s to the faster torchtitan row. torchtitan is imported from
+``--torchtitan-site`` (run.sh installs it there, outside the project venv); when it is
+missing or a torchtitan run fails, the row says so and our rows are still written.
 """
 
 from __future__ import annotations
@@ -78,10 +86,43 @@ def measure(name: str, data: Path, work: Path, overrides: list[str], steps: int,
             "mfu": median("mfu"), "fast_path": start.get("fast_path"), "precision": start.get("precision")}
 
 
+def measure_torchtitan(name: str, work: Path, site: Path | None, args: list[str]) -> dict:
+    """One bench/gpu/torchtitan_same_shape.py run in a subprocess; a failure becomes an error row."""
+    out_json = work / f"{name}.json"
+    out_json.unlink(missing_ok=True)
+    cmd = [sys.executable, str(REPO / "bench" / "gpu" / "torchtitan_same_shape.py"), "--name", name,
+           "--work", str(work), "--out", str(out_json), *args]
+    path = [str(site)] if site else []
+    env = {**os.environ, "WANDB_MODE": "disabled",
+           "PYTHONPATH": os.pathsep.join([*path, str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if out.returncode != 0 or not out_json.exists():
+        tail = (out.stdout[-1500:] + "\n" + out.stderr[-3000:]).strip()
+        print(f"{name}: torchtitan run failed (rc {out.returncode}):\n{tail}", file=sys.stderr)
+        if "--disable-cuda-graphs" not in args and "--cpu-check" not in args and "--check-only" not in args:
+            # CUDA graphs are torchtitan 0.3.0's default and have never run here: one retry
+            # without them keeps the comparison (the row's overrides say cuda_graphs=False).
+            retry = measure_torchtitan(name, work, site, [*args, "--disable-cuda-graphs"])
+            retry["first_attempt_error"] = f"rc {out.returncode}: {tail[-600:]}"
+            return retry
+        return {"name": name, "framework": "torchtitan 0.3.0", "error": f"rc {out.returncode}: {tail[-600:]}",
+                "tokens_per_s": None, "tflops_per_gpu": None, "mfu": None, "overrides": args}
+    return json.loads(out_json.read_text())
+
+
+def torchtitan_ratios(results: list[dict]) -> None:
+    """Ours / the faster torchtitan row, on tokens/s, for our BF16 rows (same shape, batch, sequence)."""
+    titan = [r["tokens_per_s"] for r in results if r["name"].startswith("torchtitan") and r.get("tokens_per_s")]
+    for r in results:
+        if r["name"].startswith("torchtitan") or "fp8" in r["name"] or not titan or not r.get("tokens_per_s"):
+            continue
+        r["vs_torchtitan"] = r["tokens_per_s"] / max(titan)
+
+
 def device_facts() -> dict:
     import torch
 
-    facts = {"torch": torch.__version__, "device": "cpu", "transformer_engine": None}
+    facts = {"torch": torch.__version__, "device": "cpu", "transformer_engine": None, "torchtitan": None}
     if torch.cuda.is_available():
         facts["device"] = torch.cuda.get_device_name()
         facts["capability"] = list(torch.cuda.get_device_capability())
@@ -94,19 +135,39 @@ def device_facts() -> dict:
     return facts
 
 
+def torchtitan_version(site: Path | None) -> str | None:
+    from importlib.metadata import PathDistribution, PackageNotFoundError, version
+
+    if site is not None:
+        for info in site.glob("torchtitan-*.dist-info"):
+            return PathDistribution(info).version
+    try:
+        return version("torchtitan")
+    except PackageNotFoundError:
+        return None
+
+
 def append_docs(path: Path, results: list[dict], facts: dict) -> None:
     text = path.read_text() if path.exists() else ""
     if DOCS_HEADER not in text:
-        text += (f"\n{DOCS_HEADER}\n\n`bash bench/gpu/run.sh` on one GPU; medians after warm-up; MFU against the "
-                 "dense BF16 peak (pretrain/tools/flops.py).\n\n"
-                 "| date | device | torch / TE | run | tokens/s | TFLOP/s per GPU | MFU |\n"
-                 "|---|---|---|---|---:|---:|---:|\n")
+        text += (f"\n{DOCS_HEADER}\n\n`bash bench/gpu/run.sh` on one GPU; medians after warm-up; TFLOP/s and MFU "
+                 "of every row, torchtitan's included, with our formula against the dense BF16 peak "
+                 "(pretrain/tools/flops.py; torchtitan's own figures are in bench/gpu/results.json). "
+                 "torchtitan rows: same shape, micro/global batch and sequence (bench/gpu/torchtitan_same_shape.py); "
+                 "\"vs torchtitan\" is our tokens/s over the faster torchtitan BF16 row.\n\n"
+                 "| date | device | torch / TE / torchtitan | run | tokens/s | TFLOP/s per GPU | MFU | vs torchtitan |\n"
+                 "|---|---|---|---|---:|---:|---:|---:|\n")
     date = dt.date.today().isoformat()
     for r in results:
+        if r.get("error"):
+            text += (f"| {date} | {facts['device']} | {facts['torch']} / {facts['transformer_engine']} / "
+                     f"{facts.get('torchtitan')} | {r['name']} | failed (bench/gpu/results.json) | | | |\n")
+            continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         tflops = f"{r['tflops_per_gpu']:.0f}" if r["tflops_per_gpu"] is not None else "n/a"
-        text += (f"| {date} | {facts['device']} | {facts['torch']} / {facts['transformer_engine']} | {r['name']} | "
-                 f"{r['tokens_per_s']:.0f} | {tflops} | {mfu} |\n")
+        ratio = f"{r['vs_torchtitan']:.2f}x" if r.get("vs_torchtitan") else ""
+        text += (f"| {date} | {facts['device']} | {facts['torch']} / {facts['transformer_engine']} / "
+                 f"{facts.get('torchtitan')} | {r['name']} | {r['tokens_per_s']:.0f} | {tflops} | {mfu} | {ratio} |\n")
     path.write_text(text)
 
 
@@ -119,6 +180,9 @@ def main() -> None:
     parser.add_argument("--cpu-check", action="store_true", help="tiny model, few steps: check the script on CPU")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     parser.add_argument("--append-docs", type=Path, default=None, help="append rows to this markdown file")
+    parser.add_argument("--torchtitan-site", type=Path, default=REPO / "runs" / "bench_gpu" / "torchtitan_site",
+                        help="directory holding torchtitan 0.3.0 and its extra packages (run.sh installs it)")
+    parser.add_argument("--no-torchtitan", action="store_true", help="our rows only")
     args = parser.parse_args()
 
     facts = device_facts()
@@ -140,6 +204,21 @@ def main() -> None:
             runs.append(("1b_seq4096_fp8_hybrid", [*common, "train.gpu.fp8=hybrid"]))
         steps, warmup = args.steps, args.warmup
     results = [measure(name, data, work, overrides, steps, warmup) for name, overrides in runs]
+    if not args.no_torchtitan:
+        site = args.torchtitan_site if args.torchtitan_site.exists() else None
+        facts["torchtitan"] = torchtitan_version(site)
+        if args.cpu_check and facts["torchtitan"] is None:
+            print(f"torchtitan not installed (no {args.torchtitan_site}): CPU check of our row only", file=sys.stderr)
+            titan_runs = []
+        elif args.cpu_check:
+            titan_runs = [("torchtitan_tiny_cpu", ["--cpu-check", "--global-batch", "2"])]
+        else:
+            same = ["--model", "1b", "--seq-len", "4096", "--micro-batch", str(args.micro_batch),
+                    "--global-batch", str(args.micro_batch * 8), "--steps", str(steps), "--warmup", str(warmup)]
+            titan_runs = [("torchtitan_1b_seq4096_bf16", [*same, "--attn-backend", "flex"]),
+                          ("torchtitan_1b_seq4096_bf16_sdpa", [*same, "--attn-backend", "sdpa"])]
+        results += [measure_torchtitan(name, work, site, a) for name, a in titan_runs]
+        torchtitan_ratios(results)
     report = {"facts": facts, "results": results}
     print(json.dumps(report, indent=2))
     if args.out:
