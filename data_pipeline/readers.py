@@ -10,12 +10,10 @@ error) and keeps going. The counts of both feed the report's invariant
 from __future__ import annotations
 
 import glob
-import gzip
 import io
 import json
 import os
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,6 +21,7 @@ from typing import Any, Iterator
 import xxhash
 
 from data_pipeline.formats import JSON_ARRAY, PARQUET, TEXT, WARC, detect_format, open_decompressed
+from data_pipeline.read_errors import MAX_RECORD_BYTES, quarantine_row, stream_error
 from data_pipeline.source_rules import record_fields, rules_for, source_for
 
 COMPRESSED = (".gz", ".zst")
@@ -110,93 +109,9 @@ def stable_id(file_name: str, line: int, text: str) -> str:
     return xxhash.xxh64_hexdigest(f"{file_name}\0{line}\0{text}".encode("utf-8", "surrogatepass"))
 
 
-class ZstdFrames(io.RawIOBase):
-    """Decompress zstd frames one after another; raise EOFError when the file ends inside a frame.
-
-    zstandard's own ``stream_reader`` ends a truncated file with a silent short
-    read, so a cut ``.jsonl.zst`` would look complete. A frame cut short is the
-    usual damage (a copy or an upload that stopped), and the report must say so.
-    """
-
-    CHUNK = 1 << 16  # compressed bytes per step: bounds the output held at once; as fast as stream_reader on text
-
-    def __init__(self, path: str) -> None:
-        import zstandard
-
-        self._fh = open(path, "rb")
-        self._dctx = zstandard.ZstdDecompressor()
-        self._dobj = self._dctx.decompressobj()
-        self._in_frame = False
-        self._buf = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not len(self._buf):
-            chunk = self._fh.read(self.CHUNK)
-            if not chunk:
-                if self._in_frame:
-                    raise EOFError("zstd frame incomplete: the file ends inside a frame")
-                return 0
-            self._buf = memoryview(self._decompress(chunk))
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-    def _decompress(self, chunk: bytes) -> bytes:
-        out = []
-        while chunk:
-            out.append(self._dobj.decompress(chunk))
-            self._in_frame = True
-            if self._dobj.eof:  # frame complete: whatever follows starts the next one
-                chunk = self._dobj.unused_data
-                self._dobj = self._dctx.decompressobj()
-                self._in_frame = False
-            else:
-                chunk = b""
-        return b"".join(out)
-
-    def close(self) -> None:
-        fh = getattr(self, "_fh", None)  # absent when __init__ failed to open the file
-        if fh is not None:
-            fh.close()
-        super().close()
-
-
 def _open_binary(path: str) -> io.BufferedIOBase:
     """Decompressed bytes; gzip or zstd is told by the magic bytes, so a misnamed archive still reads."""
     return open_decompressed(path)
-
-
-def _stream_error(exc: BaseException) -> str:
-    """Name the damage: a compressed stream cut short, one with bad bytes, or a file the OS will not read."""
-    what = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, EOFError):
-        return f"truncated archive ({what})"
-    if isinstance(exc, (zlib.error, gzip.BadGzipFile)) or type(exc).__module__.startswith("zstandard"):
-        return f"corrupt archive ({what})"
-    return f"unreadable stream ({what})"
-
-
-# A JSON line longer than this (``read.max_record_bytes`` overrides it) is quarantined without being
-# parsed or held whole: a runaway line (a file with no newlines, a base64 blob) must not exhaust a worker.
-MAX_RECORD_BYTES = 64 << 20
-
-# Errors that concern a whole file, or all of it from some line on, rather than one record: the report
-# lists these per file (``file_problems``) besides counting them with the other quarantine rows.
-FILE_PROBLEMS = ("unreadable file", "empty file", "truncated archive", "corrupt archive", "unreadable stream",
-                 "unreadable parquet", "bad JSON array", "unreadable warc")
-
-
-def is_file_problem(error: str | None) -> bool:
-    return bool(error) and error.startswith(FILE_PROBLEMS)
-
-
-def _quarantine(path: str, line: int, error: str, raw: bytes = b"") -> dict:
-    return {"kind": "quarantine", "file": path, "line": line, "error": error,
-            "raw": raw[:200].decode("utf-8", "replace")}
 
 
 def iter_records(path: str, read_cfg: Any, default_source: str) -> Iterator[dict]:
@@ -211,18 +126,18 @@ def iter_records(path: str, read_cfg: Any, default_source: str) -> Iterator[dict
     try:
         size = os.path.getsize(path)  # follows links: a loop, a dangling link or a vanished file fails here
     except OSError as exc:
-        yield _quarantine(path, 0, f"unreadable file: {type(exc).__name__}: {exc.strerror or exc}")
+        yield quarantine_row(path, 0, f"unreadable file: {type(exc).__name__}: {exc.strerror or exc}")
         return
     if not os.path.isfile(path):
-        yield _quarantine(path, 0, "unreadable file: not a regular file")
+        yield quarantine_row(path, 0, "unreadable file: not a regular file")
         return
     if size == 0:
-        yield _quarantine(path, 0, "empty file")
+        yield quarantine_row(path, 0, "empty file")
         return
     try:
         fmt = detect_format(path)
     except OSError as exc:
-        yield _quarantine(path, 0, f"unreadable file: {type(exc).__name__}: {exc.strerror or exc}")
+        yield quarantine_row(path, 0, f"unreadable file: {type(exc).__name__}: {exc.strerror or exc}")
         return
     if fmt == PARQUET:
         yield from _iter_parquet(path, read_cfg, default_source)
@@ -249,7 +164,7 @@ def _iter_jsonl(path: str, read_cfg: Any, default_source: str) -> Iterator[dict]
                 line_no += 1
                 if len(raw) > limit and not raw.endswith(b"\n"):  # longer than the limit: skip to its end
                     seen_any = True
-                    yield _quarantine(path, line_no, f"record too large: over {limit} bytes "
+                    yield quarantine_row(path, line_no, f"record too large: over {limit} bytes "
                                       f"({_skip_line(fh) + len(raw)} bytes; read.max_record_bytes)", raw)
                     continue
                 if not raw.strip():
@@ -258,13 +173,13 @@ def _iter_jsonl(path: str, read_cfg: Any, default_source: str) -> Iterator[dict]
                 try:
                     row = _parse_json_line(raw, path, name, line_no, read_cfg, default_source)
                 except Exception as exc:  # RecursionError (deep nesting), MemoryError...: this record only
-                    row = _quarantine(path, line_no, f"unparseable record: {type(exc).__name__}: {exc}", raw)
+                    row = quarantine_row(path, line_no, f"unparseable record: {type(exc).__name__}: {exc}", raw)
                 yield row
     except Exception as exc:  # the stream itself broke (truncated, corrupt, I/O error): no later line is reachable
-        yield _quarantine(path, line_no + 1, f"{_stream_error(exc)} after line {line_no}")
+        yield quarantine_row(path, line_no + 1, f"{stream_error(exc)} after line {line_no}")
         return
     if not seen_any:
-        yield _quarantine(path, 0, "empty file (no records after decompression)")
+        yield quarantine_row(path, 0, "empty file (no records after decompression)")
 
 
 # A \uD800-\uDFFF escape: json.loads turns an unpaired one into a lone surrogate, a str that no UTF-8
@@ -287,20 +202,20 @@ def _parse_json_line(raw: bytes, path: str, name: str, line_no: int, read_cfg: A
     try:
         decoded = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return _quarantine(path, line_no, f"undecodable bytes: {exc}", raw)
+        return quarantine_row(path, line_no, f"undecodable bytes: {exc}", raw)
     try:
         obj = json.loads(decoded)
     except json.JSONDecodeError as exc:
-        return _quarantine(path, line_no, f"bad JSON: {exc}", raw)
+        return quarantine_row(path, line_no, f"bad JSON: {exc}", raw)
     if not isinstance(obj, dict):
-        return _quarantine(path, line_no, f"bad JSON: expected an object, got {type(obj).__name__}", raw)
+        return quarantine_row(path, line_no, f"bad JSON: expected an object, got {type(obj).__name__}", raw)
     rec = _record_from_mapping(obj, path, name, line_no, read_cfg, default_source, raw)
     if rec["kind"] == "record" and _SURROGATE_ESCAPE.search(raw):  # rare: only then pay for the check
         for field in ("text", "id", "source", "lang_hint", "url", "meta"):
             try:
                 (rec.get(field) or "").encode("utf-8")
             except UnicodeEncodeError as exc:
-                return _quarantine(path, line_no, f"undecodable text: lone surrogate escape in '{field}' ({exc})", raw)
+                return quarantine_row(path, line_no, f"undecodable text: lone surrogate escape in '{field}' ({exc})", raw)
     return rec
 
 
@@ -308,7 +223,7 @@ def _record_from_mapping(obj: dict, path: str, name: str, line_no: int, read_cfg
                          default_source: str, raw: bytes = b"") -> dict:
     fields = record_fields(obj, read_cfg)
     if isinstance(fields, str):
-        return _quarantine(path, line_no, fields, raw)
+        return quarantine_row(path, line_no, fields, raw)
     text = fields["text"]
     raw_id = fields.pop("raw_id")
     doc_id = str(raw_id) if raw_id not in (None, "") else stable_id(name, line_no, text)
@@ -324,7 +239,7 @@ def _iter_parquet(path: str, read_cfg: Any, default_source: str) -> Iterator[dic
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:
-        yield _quarantine(path, 0, f"unreadable parquet: {type(exc).__name__}: {exc}")
+        yield quarantine_row(path, 0, f"unreadable parquet: {type(exc).__name__}: {exc}")
         return
     row = 0
     try:
@@ -334,13 +249,13 @@ def _iter_parquet(path: str, read_cfg: Any, default_source: str) -> Iterator[dic
                 try:
                     rec = _record_from_mapping(obj, path, name, row, read_cfg, default_source)
                 except Exception as exc:  # one odd row (e.g. an id whose str() fails) costs that row only
-                    rec = _quarantine(path, row, f"unparseable record: {type(exc).__name__}: {exc}")
+                    rec = quarantine_row(path, row, f"unparseable record: {type(exc).__name__}: {exc}")
                 yield rec
     except Exception as exc:
-        yield _quarantine(path, row + 1, f"unreadable parquet after row {row}: {type(exc).__name__}: {exc}")
+        yield quarantine_row(path, row + 1, f"unreadable parquet after row {row}: {type(exc).__name__}: {exc}")
         return
     if row == 0:
-        yield _quarantine(path, 0, "empty file (parquet with no rows)")
+        yield quarantine_row(path, 0, "empty file (parquet with no rows)")
 
 
 TEXT_CHUNK = 1 << 20  # bytes decoded at a time: a text file is never held as bytes and str at once
@@ -373,23 +288,23 @@ def _iter_text_file(path: str, read_cfg: Any, default_source: str) -> Iterator[d
                 try:
                     parts.append(decoder.decode(chunk))
                 except UnicodeDecodeError as exc:
-                    yield _quarantine(path, 1, f"undecodable bytes: {exc} (in the piece at byte {total - len(chunk)})",
+                    yield quarantine_row(path, 1, f"undecodable bytes: {exc} (in the piece at byte {total - len(chunk)})",
                                       chunk[max(0, exc.start - 20):exc.start + 180])
                     return
             if total <= limit:
                 parts.append(decoder.decode(b"", final=True))
     except UnicodeDecodeError as exc:  # a multi-byte character cut by the end of the file
-        yield _quarantine(path, 1, f"undecodable bytes: {exc} (at the end of the file)")
+        yield quarantine_row(path, 1, f"undecodable bytes: {exc} (at the end of the file)")
         return
     except Exception as exc:
-        yield _quarantine(path, 1, _stream_error(exc))
+        yield quarantine_row(path, 1, stream_error(exc))
         return
     if total > limit:
-        yield _quarantine(path, 1, f"record too large: over {limit} bytes ({total} bytes; read.max_record_bytes)", head)
+        yield quarantine_row(path, 1, f"record too large: over {limit} bytes ({total} bytes; read.max_record_bytes)", head)
         return
     text = "".join(parts)
     if not text.strip():
-        yield _quarantine(path, 0, "empty file")
+        yield quarantine_row(path, 0, "empty file")
         return
     yield {"kind": "record", "id": stable_id(name, 1, text), "text": text, "line": 1,
            "source": default_source, "lang_hint": "", "url": None, "domain": None, "meta": None}
@@ -412,22 +327,22 @@ def _iter_json_array(path: str, read_cfg: Any, default_source: str) -> Iterator[
             for obj in ijson.items(fh, "item", use_float=True):
                 index += 1
                 if not isinstance(obj, dict):
-                    yield _quarantine(path, index, f"bad JSON: expected an object, got {type(obj).__name__}",
+                    yield quarantine_row(path, index, f"bad JSON: expected an object, got {type(obj).__name__}",
                                       json.dumps(obj, ensure_ascii=False)[:200].encode("utf-8"))
                     continue
                 try:
                     rec = _record_from_mapping(obj, path, name, index, read_cfg, default_source)
                 except Exception as exc:
-                    rec = _quarantine(path, index, f"unparseable record: {type(exc).__name__}: {exc}")
+                    rec = quarantine_row(path, index, f"unparseable record: {type(exc).__name__}: {exc}")
                 if rec["kind"] == "quarantine" and not rec["raw"]:
                     rec["raw"] = json.dumps(obj, ensure_ascii=False)[:200]
                 yield rec
     except ijson.common.IncompleteJSONError as exc:
         what = "truncated archive" if "incomplete" in str(exc).lower() else "bad JSON array"
-        yield _quarantine(path, index + 1, f"{what} after element {index}: {exc}")
+        yield quarantine_row(path, index + 1, f"{what} after element {index}: {exc}")
         return
     except Exception as exc:
-        yield _quarantine(path, index + 1, f"{_stream_error(exc)} after element {index}")
+        yield quarantine_row(path, index + 1, f"{stream_error(exc)} after element {index}")
         return
     if index == 0:
-        yield _quarantine(path, 0, "empty file (a JSON array with no elements)")
+        yield quarantine_row(path, 0, "empty file (a JSON array with no elements)")

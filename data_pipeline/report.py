@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.readers import is_file_problem
+from data_pipeline.read_errors import is_file_problem
 
 
 class InvariantError(AssertionError):

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 from data_pipeline.formats import open_decompressed
 from data_pipeline.html_text import main_text
+from data_pipeline.read_errors import MAX_RECORD_BYTES, quarantine_row, stream_error
 from data_pipeline.urls import domain_of
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -104,7 +105,6 @@ def iter_warc(path: str, read_cfg: Any, default_source: str) -> Iterator[dict]:
     """Every record of a WARC or WET file as a reader row (record, drop or quarantine)."""
     from warcio.archiveiterator import ArchiveIterator
 
-    from data_pipeline.readers import MAX_RECORD_BYTES, _quarantine, _stream_error
 
     warc_cfg = read_cfg.get("warc") or {}
     extractor = str(warc_cfg.get("extractor") or "trafilatura")
@@ -119,11 +119,11 @@ def iter_warc(path: str, read_cfg: Any, default_source: str) -> Iterator[dict]:
                 except (EOFError, OSError, zlib.error):
                     raise  # the stream itself broke inside this record: nothing after it is reachable
                 except Exception as exc:  # a broken record (bad HTTP headers, a decoder error) costs itself only
-                    row = _quarantine(path, index, f"unparseable WARC record: {type(exc).__name__}: {exc}")
+                    row = quarantine_row(path, index, f"unparseable WARC record: {type(exc).__name__}: {exc}")
                 yield row
                 done = index
     except Exception as exc:
-        yield _quarantine(path, done + 1, f"{_stream_error(exc)} after WARC record {done}")
+        yield quarantine_row(path, done + 1, f"{stream_error(exc)} after WARC record {done}")
         return
     if index == 0:
-        yield _quarantine(path, 0, "empty file (no WARC records)")
+        yield quarantine_row(path, 0, "empty file (no WARC records)")
