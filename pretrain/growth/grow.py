@@ -12,9 +12,10 @@ dist_checkpointing's resharding, like any resumed run.
 
 What changes in the common state: the LR scheduler restarts for the new
 stage (re-warm-up to the stage's LR, decay over its ``lr_decay_iters``),
-the param groups' ``max_lr``/``min_lr`` follow (their ratios to the base LR,
-e.g. per-group multipliers, are kept), ``layout`` is marked "grown" so the
-RNG state of the old layout is not restored, and a ``growth`` record is added.
+``layout`` is marked "grown" so the RNG state of the old layout is not restored,
+and a ``growth`` record is added. The param groups' LRs are left as saved: the
+trainer takes every group's LR from the new stage's config on load
+(``megatron_step.load_with_configured_lrs``), which under μP follows the new width.
 
 Every rank of the calling process group computes the same full tensors; rank
 0 is the main replica that writes them (run it as one process in production;
@@ -64,30 +65,10 @@ def _stage_scheduler(old: dict[str, Any], train: DictConfig) -> dict[str, Any]:
             "lr_decay_style": style, "num_steps": 0}
 
 
-def _param_groups(groups: list[dict], old_train: DictConfig, new_train: DictConfig) -> list[dict]:
-    """The groups' LRs for the new stage, keeping each group's ratio to the base LR."""
-    out = []
-    for group in groups:
-        group = dict(group)
-        if "max_lr" in group:
-            group["max_lr"] = float(group["max_lr"]) * float(new_train.lr) / float(old_train.lr)
-        if "min_lr" in group and float(old_train.min_lr) > 0:
-            group["min_lr"] = float(group["min_lr"]) * float(new_train.min_lr) / float(old_train.min_lr)
-        elif "min_lr" in group:
-            group["min_lr"] = float(new_train.min_lr)
-        out.append(group)
-    return out
-
-
-def _grown_common(common: dict[str, Any], old_cfg: DictConfig, new_cfg: DictConfig,
+def _grown_common(common: dict[str, Any], new_cfg: DictConfig,
                   spec: GrowthSpec) -> dict[str, Any]:
     common = dict(common)
     common["scheduler"] = _stage_scheduler(common.get("scheduler") or {}, new_cfg.train)
-    optimizer = common.get("optimizer")
-    if isinstance(optimizer, dict) and "optimizer" in optimizer:
-        inner = dict(optimizer["optimizer"])
-        inner["param_groups"] = _param_groups(inner["param_groups"], old_cfg.train, new_cfg.train)
-        common["optimizer"] = {**optimizer, "optimizer": inner}
     common["layout"] = {"grown_from": common.get("layout")}
     common["growth"] = {"spec": spec.to_dict(), "start_iteration": int(common["iteration"])}
     return common
@@ -158,7 +139,7 @@ def grow_checkpoint(source: str | Path, target: str | Path, new_cfg: DictConfig,
     seed = int(new_cfg.train.seed) if seed is None else int(seed)
     tensors = load_full_tensors(source)
     grown = grow_state(tensors, spec, new_cfg.model, seed)
-    state = _grown_common(common, old_cfg, new_cfg, spec)
+    state = _grown_common(common, new_cfg, spec)
     new_cfg.growth = {"spec": spec.to_dict(), "start_iteration": int(common["iteration"]),
                       "ramp_iters": int(ramp_iters), "depth_position": depth_position, "depth_init": depth_init}
     rank = dist.get_rank() if dist.is_initialized() else 0
