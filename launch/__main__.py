@@ -24,6 +24,7 @@ from launch.cli_args import split_argv
 from launch.in_allocation import inside_submitit_slurm_job, run_in_allocation
 from launch.local import local_command, run_local
 from launch.plan import make_plan
+from launch.preflight import StageConfigRefused, preflight
 from launch.slurm import render_sbatch, submit, wait_for, write_sbatch
 from launch.stages import LaunchConfigError
 
@@ -47,6 +48,8 @@ def launch(cfg: DictConfig) -> int:
     if any("{job_num}" in str(a) for a in cfg.stage_args):  # e.g. run_dir=/runs/sweep/{job_num}
         cfg.stage_args = [str(a).replace("{job_num}", _sweep_job_number()) for a in cfg.stage_args]
     plan = make_plan(cfg, _cluster_overrides())
+    for note in preflight(plan, cfg.cluster):
+        print(f"[launch] preflight: {note}", flush=True)
     if cfg.dry_run:
         print("# launch config\n" + OmegaConf.to_yaml(cfg, resolve=True))
         if plan.stage_config is not None:
@@ -87,7 +90,7 @@ OmegaConf.register_new_resolver("launch_none_if_zero", lambda value: None if int
 def main(cfg: DictConfig) -> int:
     try:
         code = launch(cfg)
-    except LaunchConfigError as err:
+    except (LaunchConfigError, StageConfigRefused) as err:
         print(f"[launch] configuration error: {err}", file=sys.stderr)
         sys.exit(2)
     if code:

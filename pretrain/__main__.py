@@ -43,7 +43,7 @@ def preflight(cfg: DictConfig) -> None:
     from pretrain.config.resolve import resolve_config, resolve_load_dir
 
     manifest = read_manifest(cfg.data.path) if cfg.data.path else None
-    resolved = resolve_config(cfg, manifest, resolve_load_dir(cfg)) if manifest else cfg
+    resolved = resolve_config(cfg, manifest, resolve_load_dir(cfg))
     validate(resolved, int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ else None, manifest)
 
 

@@ -7,6 +7,8 @@ re-launch itself in about a second (the workers import megatron, not the parent)
 from __future__ import annotations
 
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +89,40 @@ def resolve_load_dir(cfg: DictConfig) -> Path | None:
     return path
 
 
-def resolve_config(cfg: DictConfig, manifest: dict[str, Any], load_dir: Path | None) -> DictConfig:
-    """Fill in what the data and an existing checkpoint decide.
+def runs_on_gpu(cfg: DictConfig | None = None) -> bool:
+    """Where the run's ranks will train: this machine's CUDA, or (from a login node) the cluster
+    preset's GPUs when the config carries one. A process that has torch loaded asks CUDA; the
+    re-launching parent (no torch, see above) asks for the NVIDIA driver instead."""
+    if "torch" in sys.modules:
+        if sys.modules["torch"].cuda.is_available():
+            return True
+    elif Path("/proc/driver/nvidia/version").exists() and os.environ.get("CUDA_VISIBLE_DEVICES") != "":
+        return True
+    gpus = OmegaConf.select(cfg, "cluster.gpus_per_node") if cfg is not None else None
+    return bool(gpus) and OmegaConf.select(cfg, "cluster.launcher") == "slurm"
 
-    * ``model.vocab_size`` comes from the tokenizer manifest.
+
+def resolve_precision(cfg: DictConfig, on_gpu: bool) -> None:
+    """``train.bf16: null`` becomes BF16 on GPUs and fp32 on CPU: a 52B run never trains in fp32
+    because a flag was left at its CPU default (validate.py refuses an explicit fp32 on GPUs)."""
+    if cfg.train.bf16 is None:
+        cfg.train.bf16 = on_gpu
+
+
+def resolve_config(cfg: DictConfig, manifest: dict[str, Any] | None, load_dir: Path | None,
+                   on_gpu: bool | None = None) -> DictConfig:
+    """Fill in what the data, the machine and an existing checkpoint decide.
+
+    * ``model.vocab_size`` comes from the tokenizer manifest (the model config's without one:
+      a dry run on a login node that cannot see the data).
     * ``model.padded_vocab_size`` is the checkpoint's when resuming (so a run
       can reshard to a TP that divides it), else vocab padded for this TP.
+    * ``train.bf16`` null: true on GPUs (:func:`resolve_precision`).
     """
     cfg = typed(cfg)  # a resolved, typed copy (interpolations gone)
-    cfg.model.vocab_size = int(manifest["vocab_size"])
+    resolve_precision(cfg, runs_on_gpu(cfg) if on_gpu is None else on_gpu)
+    if manifest is not None:
+        cfg.model.vocab_size = int(manifest["vocab_size"])
     tp = cfg.parallel.tensor_model_parallel_size
     if cfg.model.padded_vocab_size is None:
         padded = None

@@ -118,7 +118,8 @@ class TrainConfig:
     adam_beta2: float = 0.95
     adam_eps: float = 1.0e-8
     clip_grad: float = 1.0                # global grad-norm clip (0: off)
-    bf16: bool = False                    # true on GPUs (fp32 master weights); CPU bf16 matmuls are slow
+    bf16: Optional[bool] = None           # null: BF16 where the run has GPUs, fp32 on CPU (fp32 master weights either way)
+    fp32_on_gpu: bool = False             # allow train.bf16=false on GPUs (slow, 2x activation memory): must be asked for
     recompute: str = "none"               # none | selective | full (activation recomputation)
     overlap_grad_reduce: bool = True      # DDP bucketed grad reduce overlapped with backward
     overlap_param_gather: Optional[bool] = None  # distributed optimizer param all-gather overlapped with forward (null: on with CUDA)

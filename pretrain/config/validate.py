@@ -338,6 +338,16 @@ def deepspeed_errors(cfg: DictConfig) -> list[str]:
     return errors
 
 
+def precision_errors(cfg: DictConfig, on_gpu: bool) -> list[str]:
+    """FP32 on GPUs is never a default: it doubles activation memory and runs the GEMMs at a
+    fraction of BF16's rate (a 52B run does not fit at all). ``train.bf16=false`` there has to be
+    meant, said by ``train.fp32_on_gpu=true``."""
+    if on_gpu and cfg.train.bf16 is False and not cfg.train.fp32_on_gpu:
+        return ["train.bf16=false on GPUs trains in fp32 (2x activation memory, a fraction of BF16's "
+                "throughput): drop it (BF16 is the GPU default) or set train.fp32_on_gpu=true if fp32 is meant"]
+    return []
+
+
 def fit_errors(cfg: DictConfig) -> list[str]:
     """The planner's verdict on this run's memory, so an impossible plan fails here, in seconds,
     and not at the first OOM on hundreds of GPUs.
@@ -427,8 +437,13 @@ def stage_errors(cfg: DictConfig, manifest: dict | None) -> list[str]:
 
 
 def config_errors(cfg: DictConfig, world_size: int | None, manifest: dict | None,
-                  check_data: bool = True) -> list[str]:
+                  check_data: bool = True, on_gpu: bool | None = None) -> list[str]:
+    """``on_gpu``: whether the ranks train on GPUs (None: ask, :func:`runs_on_gpu`)."""
+    from pretrain.config.resolve import runs_on_gpu
+
+    on_gpu = runs_on_gpu(cfg) if on_gpu is None else on_gpu
     errors = parallel_errors(cfg, world_size) + batch_errors(cfg) + vocab_errors(cfg, manifest)
+    errors += precision_errors(cfg, on_gpu)
     errors += misc_errors(cfg) + stage_errors(cfg, manifest if check_data else None)
     if not errors and cfg.model.seq_length >= 1:   # the planner needs a valid layout to say anything useful
         errors += fit_errors(cfg)
@@ -438,8 +453,8 @@ def config_errors(cfg: DictConfig, world_size: int | None, manifest: dict | None
 
 
 def validate(cfg: DictConfig, world_size: int | None, manifest: dict | None,
-             check_data: bool = True) -> None:
+             check_data: bool = True, on_gpu: bool | None = None) -> None:
     """Raise :class:`ConfigError` listing every broken rule; return quietly otherwise."""
-    errors = config_errors(cfg, world_size, manifest, check_data)
+    errors = config_errors(cfg, world_size, manifest, check_data, on_gpu)
     if errors:
         raise ConfigError(errors)

@@ -553,7 +553,7 @@ def plan(cfg: Any, *, capacity_gib: float | None = None, peak_tflops: float | No
     problems = _layer_problems(cfg, layout, micro_batch, global_batch, seq)
     micro_batches = max(1, global_batch // (micro_batch * layout.dp))
 
-    bf16 = bool(_select(cfg, "train.bf16", True))
+    bf16 = _select(cfg, "train.bf16", None) is not False   # null: BF16, the GPU default (resolve_precision)
     common = dict(cfg=cfg, layout=layout, shape=shape, padded_vocab=padded_vocab, counts=counts,
                   recompute=recompute, flash=flash, optimizer=optimizer, zero_stage=zero_stage,
                   micro_batches=micro_batches, assumptions=assumptions, bf16=bf16)
