@@ -112,20 +112,22 @@ def rehearse(preset: str, out: Path, data: Path | None = None, faults: list[str]
         else:
             cluster.login_run(["scancel", job_id])
             raise TimeoutError(f"job {job_id} did not finish in {timeout_s:.0f} s (state {state}); see {run_dir}/launch/slurm")
-    finally:
+        finished_at = time.time()
         watcher.poll()
+        # Read from Slurm before a teardown takes the controller away.
+        job = {"id": job_id, "state": state, "restarts_slurm": cluster.scontrol_field(job_id, "Restarts"),
+               "nodelist": cluster.scontrol_field(job_id, "NodeList"), "cluster_up_s": round(cluster_up_s, 2),
+               "faults_not_injected": [f"{s.kind}@{s.after_step}" for s in pending]}
+    finally:
         if not keep_cluster:
             cluster.down()
-    finished_at = time.time()
     faults_report = [recovery(watcher, *row) for row in fault_rows]
     report = build_report(
         layout={"tp": p["tp"], "pp": p["pp"], "dp": p["dp"], "world_size": world, "nodes": p["job_nodes"],
                 "cluster_nodes": p["cluster_nodes"], "ranks_per_node": world // p["job_nodes"],
                 "experiment": "teleflm_52b", "stage_overrides": stage_overrides(p, data, run_dir),
                 "max_restarts": max_restarts},
-        job={"id": job_id, "state": state, "restarts_slurm": cluster.scontrol_field(job_id, "Restarts"),
-             "nodelist": cluster.scontrol_field(job_id, "NodeList"), "cluster_up_s": round(cluster_up_s, 2),
-             "faults_not_injected": [f"{s.kind}@{s.after_step}" for s in pending]},
+        job=job,
         watcher=watcher, faults=faults_report, train_iters=p["train_iters"], save_interval=p["save_interval"],
         submitted_at=submitted_at, finished_at=finished_at)
     (out / "rehearsal.json").write_text(json.dumps(report, indent=1) + "\n")
