@@ -87,6 +87,8 @@ def build_report(*, layout: dict[str, Any], job: dict[str, Any], watcher: Watche
             "missing": sorted(set(range(1, train_iters + 1)) - set(steps)),
             "trained_including_repeats": len(watcher.steps),
             "wall_s": round(finished_at - submitted_at, 2),
+            # the final checkpoint, held-out scoring, summary and process exit after the last step
+            "last_step_to_job_end_s": round(finished_at - watcher.steps[-1]["t"], 2) if watcher.steps else None,
             "mean_step_time_s": (round(sum(s["step_time_s"] or 0 for s in watcher.steps) / len(watcher.steps), 3)
                                  if watcher.steps else None),
         },
