@@ -79,8 +79,9 @@ def ensure_data(path: Path | None, out: Path) -> Path:
 
 
 def rehearse(preset: str, out: Path, data: Path | None = None, faults: list[str] | None = None,
-             max_restarts: int = 3, timeout_s: float = 1200, keep_cluster: bool = True) -> dict:
-    p = PRESETS[preset]
+             max_restarts: int = 3, timeout_s: float = 1200, keep_cluster: bool = True,
+             cluster_nodes: int | None = None) -> dict:
+    p = {**PRESETS[preset], **({"cluster_nodes": cluster_nodes} if cluster_nodes else {})}
     specs = [FaultSpec.parse(f) for f in (p["faults"] if faults is None else faults)]
     out.mkdir(parents=True, exist_ok=True)
     run_dir = out / "run"
@@ -95,14 +96,19 @@ def rehearse(preset: str, out: Path, data: Path | None = None, faults: list[str]
     job_id = submit(p, data, run_dir, max_restarts)
     print(f"[rehearsal] job {job_id}: {world} ranks on {p['job_nodes']} nodes; run dir {run_dir}", flush=True)
     watcher = Watcher(run_dir, job_id, world)
-    pending, fault_rows, state = list(specs), [], ""
+    pending, fault_rows, state, released = list(specs), [], "", []
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
             watcher.poll()
             state = cluster.scontrol_field(job_id, "JobState")
-            if state in FINAL:
+            if state in FINAL and _still_final(job_id):
                 break
+            if fault_rows and state == "PENDING" and cluster.scontrol_field(job_id, "Reason") == "BeginTime":
+                # A requeued job is held ~2 minutes before it may start again; release it (and say so).
+                time.sleep(2)   # not in the requeue's second: slurmd revokes that second's credentials
+                cluster.login_run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
+                released.append(round(time.time(), 3))
             if pending and _ready_for(pending[0], watcher, p["save_interval"]):
                 spec = pending.pop(0)
                 checkpoint = max(watcher.checkpoints(), default=None)
@@ -119,7 +125,8 @@ def rehearse(preset: str, out: Path, data: Path | None = None, faults: list[str]
         # Read from Slurm before a teardown takes the controller away.
         job = {"id": job_id, "state": state, "restarts_slurm": cluster.scontrol_field(job_id, "Restarts"),
                "nodelist": cluster.scontrol_field(job_id, "NodeList"), "cluster_up_s": round(cluster_up_s, 2),
-               "faults_not_injected": [f"{s.kind}@{s.after_step}" for s in pending]}
+               "faults_not_injected": [f"{s.kind}@{s.after_step}" for s in pending],
+               "begin_time_hold_released_at": released}
     finally:
         if not keep_cluster:
             cluster.down()
@@ -135,6 +142,12 @@ def rehearse(preset: str, out: Path, data: Path | None = None, faults: list[str]
     (out / "rehearsal.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_timeline(report, submitted_at, out / "timeline.png")
     return report
+
+
+def _still_final(job_id: str, wait_s: float = 3.0) -> bool:
+    """A job requeued after a node failure can pass through NODE_FAIL on its way back to PENDING."""
+    time.sleep(wait_s)
+    return cluster.scontrol_field(job_id, "JobState") in FINAL
 
 
 def _ready_for(spec: FaultSpec, watcher: Watcher, save_interval: int) -> bool:
@@ -156,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"KIND@STEP[:rank=R], repeatable; kinds: {', '.join(FAULT_KINDS)} (default: the preset's)")
     parser.add_argument("--no-fault", action="store_true", help="inject nothing")
     parser.add_argument("--max-restarts", type=int, default=3, help="cluster.max_restarts for the job")
+    parser.add_argument("--cluster-nodes", type=int, default=None, help="nodes in the cluster (default: the preset's)")
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument("--down", action="store_true", help="tear the cluster down afterwards")
     args = parser.parse_args(argv)
@@ -163,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[rehearsal] cannot run here: {missing}", file=sys.stderr)
         return 2
     report = rehearse(args.preset, args.out.absolute(), args.data, [] if args.no_fault else args.fault,
-                      args.max_restarts, args.timeout, keep_cluster=not args.down)
+                      args.max_restarts, args.timeout, keep_cluster=not args.down, cluster_nodes=args.cluster_nodes)
     print(json.dumps({k: report[k] for k in ("job", "startup", "faults")}, indent=1))
     s = report["steps"]
     print(f"[rehearsal] {s['in_metrics']} steps in metrics.jsonl, every step once: {s['every_step_once']}; "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -74,11 +75,28 @@ def sigkill_rank(ctx: FaultContext) -> Injected:
                                               "signal": "SIGKILL"})
 
 
+def node_down(ctx: FaultContext) -> Injected:
+    """Take down the node of the target rank: SIGKILL every process in its network namespace
+    (slurmd, slurmstepd, torchrun, the ranks), as a power loss would. Slurm stops hearing the
+    node, marks it DOWN after SlurmdTimeout, and requeues the job (``--requeue``), which then
+    runs on the healthy node and the spare; torchrun cannot help, its peer agent is gone."""
+    victim = _pick_rank(ctx)
+    netns = f"rh-{victim.slurm_node}"
+    pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, check=True).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return Injected(time=time.time(), target={"rank": victim.rank, "host": victim.host, "node": victim.slurm_node,
+                                              "netns": netns, "processes_killed": len(pids)})
+
+
 FaultKind = Callable[[FaultContext], Injected]
 
-# Kinds not here yet (planned; each is one function like sigkill_rank): "sigstop" (a hung rank,
-# for the hang watchdog), "slow_rank" (the straggler report), "node_down" (kill a node's slurmd or
-# take its veth down: Slurm requeues the job onto the healthy nodes and the spare).
+# Kinds not here yet (planned; each is one function like these): "sigstop" (a hung rank, for the
+# hang watchdog), "slow_rank" (the straggler report).
 FAULT_KINDS: dict[str, FaultKind] = {
     "sigkill": sigkill_rank,
+    "node_down": node_down,
 }

@@ -76,7 +76,8 @@ def build_report(*, layout: dict[str, Any], job: dict[str, Any], watcher: Watche
             "resume_process_start_to_first_step_s": [f["restart_startup_s"] for f in faults],
         },
         "attempts": [{"index": a.index, "started_at": round(a.started_at, 3), "first_step": a.first_step,
-                      "restart_counts": sorted({r.restart_count for r in a.ranks})} for a in watcher.attempts],
+                      "restart_counts": sorted({r.restart_count for r in a.ranks}),
+                      "hosts": sorted({r.host for r in a.ranks})} for a in watcher.attempts],
         "faults": faults,
         "steps": {
             "train_iters": train_iters,
