@@ -12,7 +12,7 @@ export WANDB_MODE ?= offline
 export RAY_DEDUP_LOGS ?= 0
 export PYTHONHASHSEED ?= 0
 
-.PHONY: demo test test-fast env clean bench-data bench-tokenizer
+.PHONY: demo test test-fast env clean bench-data bench-tokenizer rehearsal
 
 env: $(STAMP)
 
@@ -39,6 +39,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow"
+
+# A multi-node rehearsal on an emulated 3-node Slurm (root; docs/rehearsal.md):
+# runs/rehearsal/rehearsal.json and timeline.png. The cluster stays up; `bash scripts/rehearsal/cluster.sh down`.
+rehearsal: $(STAMP)
+	$(PY) -m launch.rehearsal --out runs/rehearsal
 
 clean:
 	rm -rf runs outputs multirun

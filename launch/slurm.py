@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 
 from launch.plan import LaunchPlan, stage_command
 from launch.rendezvous import MASTER_ADDR_SHELL, MASTER_PORT_SHELL
+from launch.stages import LaunchConfigError
 
 
 def _q(args: list[str]) -> str:
@@ -70,6 +71,27 @@ def sbatch_directives(plan: LaunchPlan, cluster: DictConfig, job_name: str) -> l
     return [f"#SBATCH {line}" for line in lines]
 
 
+def max_restarts(plan: LaunchPlan, cluster: DictConfig) -> int:
+    """``cluster.max_restarts`` (default 0): how often torchrun restarts the workers in the allocation.
+
+    Why in the allocation and not by requeue: a rank that dies (OOM kill, a segfault, a
+    SIGKILL) costs a requeue a trip through the queue and a fresh start-up of every node;
+    torchrun's agents notice the dead worker, stop the others, meet again at the same c10d
+    rendezvous (the store lives in the first node's agent, which did not die) and restart
+    every rank, which resumes from the latest checkpoint. Needs torchrun: the per_node layout.
+    """
+    value = cluster.get("max_restarts", 0)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise LaunchConfigError("cluster.max_restarts", f"must be a non-negative integer, got {value!r}")
+    if value and plan.stage.distributed and plan.task_layout != "per_node":
+        raise LaunchConfigError("cluster.max_restarts",
+                                f"{value} needs torchrun, which only task_layout=per_node runs "
+                                f"(got task_layout={plan.task_layout}); set cluster.max_restarts=0")
+    return value
+
+
 def srun_line(plan: LaunchPlan, cluster: DictConfig) -> str:
     slurm = cluster.slurm
     srun = ["srun", "--kill-on-bad-exit=1"]
@@ -81,10 +103,12 @@ def srun_line(plan: LaunchPlan, cluster: DictConfig) -> str:
     entry = [plan.python, "-m", "launch.node_entry"]
     if not plan.stage.distributed:
         return f"{_q(srun + ['--ntasks=1'] + entry)} -- {_q(stage_command(plan))}"
+    restarts = max_restarts(plan, cluster)  # checked before the layout branch: per_gpu refuses restarts
     if plan.task_layout == "per_gpu":
         return f"{_q(srun + entry + ['--per-gpu'])} -- {_q(stage_command(plan))}"
     torchrun = (f"{shlex.quote(plan.python)} -m torch.distributed.run"
                 f' --nnodes="$SLURM_NNODES" --nproc_per_node={plan.procs_per_node}'
+                + (f" --max-restarts={restarts}" if restarts else "") +
                 f' --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv_id="$SLURM_JOB_ID"'
                 f" -m {shlex.quote(plan.stage.module)} {_q(plan.stage_args)}").rstrip()
     return f"{_q(srun + entry)} -- {torchrun}"
@@ -94,6 +118,12 @@ def render_sbatch(plan: LaunchPlan, cluster: DictConfig, job_name: str) -> str:
     env_lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(plan.env.items())]
     if plan.stage.distributed and plan.task_layout == "per_gpu" or not int(cluster.gpus_per_node):
         env_lines.append('export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"')
+    if plan.stage.distributed and plan.task_layout == "per_node" and max_restarts(plan, cluster):
+        # Restarted workers must not meet in the store of the attempt before: torchrun's agents share
+        # one TCPStore across rendezvous rounds, so the new default process group reads the dead
+        # ranks' gloo/NCCL addresses ("Connection refused", seen on the emulated cluster). Opting out
+        # of the sharing gives every round a fresh store hosted by its rank 0 (docs/rehearsal.md).
+        env_lines.append("export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1")
     body = [
         "#!/bin/bash",
         f"# Written by `python -m launch` for stage {plan.stage_name} on cluster preset {cluster.get('name')}.",
