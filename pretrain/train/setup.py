@@ -31,6 +31,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def collective_timeout(cfg: DictConfig) -> timedelta:
+    """``train.fault.collective_timeout_s``: how long any collective may wait before it fails. The
+    backstop behind the hang watchdog (docs/fault_tolerance.md), which acts in seconds to minutes."""
+    return timedelta(seconds=float(cfg.train.fault.collective_timeout_s))
+
+
 def init_distributed(cfg: DictConfig) -> None:
     """Process groups (NCCL on GPU, gloo on CPU), megatron's TP/PP/DP groups, every seed."""
     from megatron.core import parallel_state, tensor_parallel
@@ -41,13 +47,13 @@ def init_distributed(cfg: DictConfig) -> None:
         if "RANK" not in os.environ:  # a plain single-process run: be our own rendezvous
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                                timeout=timedelta(minutes=30))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=collective_timeout(cfg))
     p = cfg.parallel
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=p.tensor_model_parallel_size,
         pipeline_model_parallel_size=p.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=p.virtual_pipeline_model_parallel_size or None,
+        distributed_timeout_minutes=collective_timeout(cfg).total_seconds() / 60,
     )
     seed = cfg.train.seed
     random.seed(seed)
