@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import sys
 from datetime import timedelta
 
 import numpy as np
@@ -37,6 +38,16 @@ def collective_timeout(cfg: DictConfig) -> timedelta:
     return timedelta(seconds=float(cfg.train.fault.collective_timeout_s))
 
 
+def warn_if_restarts_share_the_store() -> None:
+    """torchrun with restarts and the agent's shared TCPStore: a restarted group can read the
+    previous attempt's process-group keys and fail to connect (pytorch#135712). Say how to avoid it."""
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0 and \
+            os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and os.environ.get("RANK") == "0":
+        print("warning: torchrun --max-restarts with the agent's shared TCPStore: a restart may fail to "
+              "connect (pytorch#135712); set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 and use a c10d rendezvous "
+              "(--standalone or --rdzv-backend=c10d), as launch/ does", file=sys.stderr, flush=True)
+
+
 def init_distributed(cfg: DictConfig) -> None:
     """Process groups (NCCL on GPU, gloo on CPU), megatron's TP/PP/DP groups, every seed."""
     from megatron.core import parallel_state, tensor_parallel
@@ -44,6 +55,7 @@ def init_distributed(cfg: DictConfig) -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if not dist.is_initialized():
+        warn_if_restarts_share_the_store()
         if "RANK" not in os.environ:  # a plain single-process run: be our own rendezvous
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))

@@ -58,6 +58,7 @@ class HangWatchdog:
         self.host, self.pid, self.attempt = socket.gethostname(), os.getpid(), attempt_id()
         self.step, self.phase, self.progress_time = 0, "start", time.time()
         self._stop = threading.Event()
+        self._moved = threading.Event()   # set by progress(): the thread rewrites the heartbeat at once
         self._thread = threading.Thread(target=self._watch, name="hang-watchdog", daemon=True)
         self._write_failed = False
 
@@ -74,12 +75,14 @@ class HangWatchdog:
 
     def stop(self) -> None:
         self._stop.set()
+        self._moved.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2 * self.poll_s)
 
     def progress(self, step: int, phase: str) -> None:
         """The main thread moved on (a new step, or into a slow phase); restarts the clock."""
         self.step, self.phase, self.progress_time = step, phase, time.time()
+        self._moved.set()
 
     def timeout_s(self) -> float:
         return self.slow_timeout_s if self.phase in SLOW_PHASES else self.hang_timeout_s
@@ -95,7 +98,13 @@ class HangWatchdog:
             self._write_failed = True
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.poll_s):
+        # every poll, and right after the main thread moves (off its critical path: the loop only
+        # sets an event), so a rank frozen early in a step still shows that step
+        while True:
+            self._moved.wait(self.poll_s)
+            self._moved.clear()
+            if self._stop.is_set():
+                return
             self._beat()
             stalled = time.time() - self.progress_time
             if stalled > self.timeout_s() and not self._stop.is_set():
