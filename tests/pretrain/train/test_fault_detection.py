@@ -2,7 +2,7 @@
 
 One 2-rank gloo run under ``torchrun --max-restarts=1`` covers both detectors (process
 start-up dominates on CPU): rank 1 burns extra CPU every step (``inject_slow_rank``) and
-SIGSTOPs itself when step 7 begins (``inject_hang_rank``). The run must name rank 1 as a
+SIGSTOPs itself when step 5 begins (``inject_hang_rank``). The run must name rank 1 as a
 straggler, then notice the hang within ``hang_timeout_s``, name rank 1 (host, pid), exit
 79, be restarted by torchrun, resume from the step-4 checkpoint and finish with every step
 logged once. The pure rules are tested without processes below.
@@ -30,14 +30,14 @@ from tests.pretrain.train.trainer_worker import SHORT_RUN, SMALL_MODEL
 # Well above a step of this run on a 2-core box shared with other work (3 s fired on a slow
 # step at load average 58): a timeout shorter than the slowest normal step restarts healthy runs.
 HANG_TIMEOUT_S = 10.0
-HANG_STEP = 7
+HANG_STEP = 5
 RUN = [
-    "parallel=dp2", "train.train_iters=12", "train.lr_decay_iters=12", "train.eval_interval=0",
+    "parallel=dp2", "train.train_iters=8", "train.lr_decay_iters=8", "train.eval_interval=0",
     "checkpoint.save_interval=4",
     f"train.fault.hang_timeout_s={HANG_TIMEOUT_S}", "train.fault.slow_timeout_s=120",
     "train.fault.collective_timeout_s=300",
     "train.fault.straggler_interval=2", "train.fault.straggler_factor=1.5",
-    "train.fault.inject_slow_rank=1", "train.fault.inject_delay_s=0.4",
+    "train.fault.inject_slow_rank=1", "train.fault.inject_delay_s=0.3",
     "train.fault.inject_hang_rank=1", f"train.fault.inject_hang_step={HANG_STEP}",
 ]
 
@@ -80,12 +80,12 @@ def test_a_frozen_rank_is_named_and_the_run_restarts_from_its_checkpoint(hung_ru
     assert hang["kind"] == "frozen" and hang["exit_code"] == HANG_EXIT_CODE
     named = hang["ranks"]
     assert [(r["rank"], r["host"], r["pid"]) for r in named] == [(1, socket.gethostname(), injected[0]["pid"])]
-    # its last heartbeat: written when step 7 began, unless the freeze came first (a heavily loaded box)
+    # its last heartbeat: written when step 5 began, unless the freeze came first (a heavily loaded box)
     assert (named[0]["step"], named[0]["phase"]) in ((HANG_STEP, "step"), (HANG_STEP - 1, "after_step")), named
     assert named[0]["last_beat_age_s"] >= HANG_TIMEOUT_S / 2
     assert hang["detected_by"]["rank"] == 0 and hang["step"] == HANG_STEP and hang["phase"] == "step"
     # after the timeout plus at most one watchdog poll (2.5 s) and scheduling slack, not the collective's
-    # 300 s. Rank 0's clock starts when it enters step 7, up to the 0.4 s burn before rank 1 froze.
+    # 300 s. Rank 0's clock starts when it enters step 5, up to the 0.3 s burn before rank 1 froze.
     assert hang["detected_after_s"] >= HANG_TIMEOUT_S
     latency = hang["time"] - injected[0]["time"]
     assert HANG_TIMEOUT_S - 1 <= latency < HANG_TIMEOUT_S + 6, latency
@@ -96,7 +96,7 @@ def test_a_frozen_rank_is_named_and_the_run_restarts_from_its_checkpoint(hung_ru
     resumes = [r for r in rows if r.get("event") == "resume"]
     assert [r["step"] for r in resumes] == [4], resumes
     steps = [r["step"] for r in rows if r.get("event") is None]
-    assert steps == list(range(1, 13)), steps
+    assert steps == list(range(1, 9)), steps
     restart_s = resumes[0]["time"] - hang["time"]
     print(f"detection latency {latency:.2f} s (timeout {HANG_TIMEOUT_S} s); hang row -> resume row {restart_s:.1f} s; "
           f"run {hung_run['wall_s']:.1f} s")
@@ -164,3 +164,29 @@ def test_local_launcher_passes_max_restarts(tmp_path):
     assert out.returncode == 0, out.stderr
     command = out.stdout.split("# command\n", 1)[1].split()
     assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--max-restarts=2"], command
+
+
+def test_a_resume_keeps_the_hang_row_and_drops_later_steps(tmp_path):
+    """The restart truncates metrics.jsonl to its checkpoint; the hang is history and stays."""
+    from pretrain.train.monitor import truncate_metrics
+
+    rows = [{"step": 3, "loss": 1.0}, {"step": 4, "loss": 1.0}, {"step": 5, "loss": 1.0},
+            {"event": "stragglers", "step": 6}, {"event": "hang", "step": 7, "kind": "frozen"}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    truncate_metrics(tmp_path, 4)
+    kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert kept == [rows[0], rows[1], rows[4]]
+
+
+def test_fault_keys_are_validated():
+    from omegaconf import OmegaConf
+
+    from pretrain.config.validate import fault_detection_errors
+
+    good = {"hang_timeout_s": 300, "slow_timeout_s": 1200, "collective_timeout_s": 1800, "straggler_interval": 100,
+            "straggler_factor": 1.5, "inject_delay_s": 0.0}
+    assert fault_detection_errors(OmegaConf.create({"train": {"fault": good}})) == []
+    bad = {**good, "slow_timeout_s": 60, "collective_timeout_s": 0, "straggler_factor": 1.0, "inject_delay_s": -1}
+    errors = fault_detection_errors(OmegaConf.create({"train": {"fault": bad}}))
+    assert [e.split("=")[0] for e in errors] == ["train.fault.slow_timeout_s", "train.fault.collective_timeout_s",
+                                                 "train.fault.straggler_factor", "train.fault.inject_delay_s"]
