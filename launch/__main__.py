@@ -59,13 +59,14 @@ def launch(cfg: DictConfig) -> int:
     record = {"stage": plan.stage_name, "launcher": plan.launcher, "nodes": plan.nodes,
               "procs_per_node": plan.procs_per_node, "stage_args": plan.stage_args}
     if plan.launcher == "local":
-        command = local_command(plan)
+        max_restarts = int(OmegaConf.select(cfg, "cluster.max_restarts", default=0) or 0)
+        command = local_command(plan, max_restarts)
         if cfg.dry_run:
             print("# command\n" + " ".join(command))
             return 0
         plan.launch_dir.mkdir(parents=True, exist_ok=True)
         (plan.launch_dir / "launch.json").write_text(json.dumps({**record, "command": command}, indent=1))
-        return run_local(plan)
+        return run_local(plan, max_restarts)
 
     script = render_sbatch(plan, cfg.cluster, str(cfg.job_name))
     path = write_sbatch(plan, script)

@@ -64,9 +64,19 @@ class SpikesConfig:
 
 @dataclass
 class FaultConfig:
-    """Fault injection for tests/benchmarks (pretrain/train/callbacks/fault_injection.py)."""
+    """Fault detection (hang watchdog, straggler report: docs/fault_tolerance.md) and fault injection
+    for tests (pretrain/train/callbacks/fault_injection.py, rank_faults.py)."""
     kind: str = "none"    # none | nan | lr_spike | corrupt_batch
     step: int = 0         # the 1-based step it hits (once)
+    hang_timeout_s: float = 300.0     # a step that has not moved for this long is a hang: name the rank, exit 79 (0: no watchdog)
+    slow_timeout_s: float = 1200.0    # the same for start-up, a process's first step, evaluation and checkpoint saves
+    collective_timeout_s: float = 1800.0  # process group timeout: a collective that never returns fails after this
+    straggler_interval: int = 100     # every N steps, name ranks whose CPU time per step is above straggler_factor x median (0: off)
+    straggler_factor: float = 1.5
+    inject_slow_rank: int = -1        # TEST-ONLY: this rank burns inject_delay_s of CPU per step (-1: none)
+    inject_delay_s: float = 0.0
+    inject_hang_rank: int = -1        # TEST-ONLY: this rank SIGSTOPs itself when step inject_hang_step begins (once per run dir)
+    inject_hang_step: int = 0
 
 
 @dataclass

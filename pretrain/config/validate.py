@@ -295,6 +295,26 @@ def misc_errors(cfg: DictConfig) -> list[str]:
     if cfg.checkpoint.keep_last < 1:
         errors.append("checkpoint.keep_last must be >= 1 (the latest checkpoint is always kept)")
     errors += position_bucket_errors(cfg)
+    errors += fault_detection_errors(cfg)
+    return errors
+
+
+def fault_detection_errors(cfg: DictConfig) -> list[str]:
+    """The watchdog's and straggler report's keys (docs/fault_tolerance.md)."""
+    f, errors = cfg.train.fault, []
+    if f.hang_timeout_s < 0:
+        errors.append(f"train.fault.hang_timeout_s={f.hang_timeout_s} must be >= 0 (0: no watchdog)")
+    elif f.hang_timeout_s and f.slow_timeout_s < f.hang_timeout_s:
+        errors.append(f"train.fault.slow_timeout_s={f.slow_timeout_s} must be >= train.fault.hang_timeout_s="
+                      f"{f.hang_timeout_s} (it covers start-up, evaluation and checkpoint saves)")
+    if not f.collective_timeout_s > 0:
+        errors.append(f"train.fault.collective_timeout_s={f.collective_timeout_s} must be > 0")
+    if f.straggler_interval < 0:
+        errors.append(f"train.fault.straggler_interval={f.straggler_interval} must be >= 0 (0: off)")
+    if not f.straggler_factor > 1.0:
+        errors.append(f"train.fault.straggler_factor={f.straggler_factor} must be > 1")
+    if f.inject_delay_s < 0:
+        errors.append(f"train.fault.inject_delay_s={f.inject_delay_s} must be >= 0")
     return errors
 
 

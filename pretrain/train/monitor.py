@@ -21,6 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 METRICS = "metrics.jsonl"
 SPIKES = "spikes.jsonl"  # written by pretrain/train/callbacks/spike_log.py
 SUMMARY = "summary.json"
+# Event rows that record what happened to the run, not a trained step: a resume keeps them
+# even when their step is past the checkpoint (a hang at step 7 stays in the history after the
+# restart from step 4 retrains 5..7).
+HISTORY_EVENTS = frozenset({"hang"})
 LOSS_PLOT = "loss.png"
 
 
@@ -93,7 +97,8 @@ def repair_jsonl(path: str | Path, last_step: int | None = None) -> list[dict[st
         return []
     raw = path.read_bytes()
     rows, bad = _parse_jsonl(raw)
-    kept = rows if last_step is None else [r for r in rows if (r.get("step") or 0) <= last_step]
+    kept = rows if last_step is None else [r for r in rows if (r.get("step") or 0) <= last_step
+                                           or r.get("event") in HISTORY_EVENTS]
     # a complete row cut just before its newline would have the next row appended onto it
     if not bad and len(kept) == len(rows) and (not raw or raw.endswith(b"\n")):
         return []

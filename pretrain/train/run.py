@@ -23,10 +23,13 @@ from pretrain.train.callbacks.data_mixture import DataMixture
 from pretrain.train.callbacks.evaluation import HeldoutBPB, ValidLoss
 from pretrain.train.callbacks.fault_injection import FaultInjection, fault_from
 from pretrain.train.callbacks.growth_ramp import GrowthRamp
+from pretrain.train.callbacks.hang_watchdog import HangWatchdog, HangWatchdogCallback, watchdog_from
 from pretrain.train.callbacks.metrics import Metrics
+from pretrain.train.callbacks.rank_faults import rank_faults_from
 from pretrain.train.callbacks.save_and_requeue import SaveAndRequeueOnSignal
 from pretrain.train.callbacks.spike_log import SpikeLog
 from pretrain.train.callbacks.spike_recovery import SpikeRecovery
+from pretrain.train.callbacks.stragglers import StragglerReport
 from pretrain.train.callbacks.z_loss import ZLoss
 from pretrain.train.loop import Trainer
 from pretrain.train.stages import stages_from
@@ -35,7 +38,8 @@ from pretrain.config.validate import validate
 
 
 def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: bool,
-                    train_stream: MixtureStream) -> tuple[list[Callback], Metrics]:
+                    train_stream: MixtureStream,
+                    watchdog: HangWatchdog | None = None) -> tuple[list[Callback], Metrics]:
     """The features, in the order their ``after_step`` runs (``on_end`` runs in reverse)."""
     from pretrain.growth.masked import growth_block
 
@@ -46,8 +50,13 @@ def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: b
     stages = stages_from(cfg)
     weights = OmegaConf.to_container(cfg.data.weights) if cfg.data.weights else None
     # first: the batch size and the mixture of a step are settled before anything else looks at it
-    callbacks: list[Callback] = [BatchSchedule(cfg, stages),
-                                 DataMixture(train_stream, stages, base_weights(manifest, weights), metrics)]
+    # the watchdog's after_step first: evaluation and saves below run under train.fault.slow_timeout_s
+    callbacks: list[Callback] = [HangWatchdogCallback(watchdog)] if watchdog is not None else []
+    callbacks += [BatchSchedule(cfg, stages),
+                  DataMixture(train_stream, stages, base_weights(manifest, weights), metrics)]
+    rank_faults = rank_faults_from(cfg, dist.get_rank())
+    if rank_faults is not None:   # test-only (docs/fault_tolerance.md)
+        callbacks.append(rank_faults)
     if growth_block(cfg) is not None:
         callbacks.append(GrowthRamp(cfg))
     kind, step = fault_from(cfg)
@@ -57,6 +66,8 @@ def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: b
     if t.z_loss > 0:
         callbacks.append(ZLoss(t.z_loss))
     callbacks.append(metrics)
+    if t.fault.straggler_interval and dist.get_world_size() > 1:
+        callbacks.append(StragglerReport(t.fault.straggler_interval, t.fault.straggler_factor, metrics))
     if has_valid and t.eval_interval:
         callbacks.append(ValidLoss(t.eval_interval, t.eval_iters, metrics))
     buckets = OmegaConf.to_container(t.heldout_position_buckets) if t.heldout_position_buckets else None
@@ -77,6 +88,17 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     cfg = resolve_config(cfg, manifest, None if deepspeed else resolve_load_dir(cfg))
     validate(cfg, world_size_from_env(), manifest)
     spike_config = spike_config_from(cfg)
+    # before the process group and the model: a hang while loading is caught (slow_timeout_s) too
+    watchdog = watchdog_from(cfg)
+    try:
+        return _train(cfg, manifest, deepspeed, spike_config.enabled, watchdog)
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+
+
+def _train(cfg: DictConfig, manifest: dict, deepspeed: bool, spikes_enabled: bool,
+           watchdog: HangWatchdog | None) -> dict[str, Any] | None:
     if deepspeed:
         from pretrain.data import build_datasets
         from pretrain.train.deepspeed_step import build_deepspeed_step
@@ -86,9 +108,9 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     else:
         from pretrain.train.megatron_step import build_megatron_step
 
-        step, progress, resumed = build_megatron_step(cfg, manifest, spike_config.enabled)
+        step, progress, resumed = build_megatron_step(cfg, manifest, spikes_enabled)
     callbacks, metrics = build_callbacks(cfg, manifest, resumed, step.datasets.valid is not None,
-                                         step.datasets.train)
+                                         step.datasets.train, watchdog)
     trainer = Trainer(step, progress, callbacks, cfg.train.train_iters, cfg.train.global_batch_size,
                       cfg.model.seq_length)
     trainer.load_callback_state(progress.trainer_state)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import sys
 from datetime import timedelta
 
 import numpy as np
@@ -31,6 +32,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def collective_timeout(cfg: DictConfig) -> timedelta:
+    """``train.fault.collective_timeout_s``: how long any collective may wait before it fails. The
+    backstop behind the hang watchdog (docs/fault_tolerance.md), which acts in seconds to minutes."""
+    return timedelta(seconds=float(cfg.train.fault.collective_timeout_s))
+
+
+def warn_if_restarts_share_the_store() -> None:
+    """torchrun with restarts and the agent's shared TCPStore: a restarted group can read the
+    previous attempt's process-group keys and fail to connect (pytorch#135712). Say how to avoid it."""
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0 and \
+            os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and os.environ.get("RANK") == "0":
+        print("warning: torchrun --max-restarts with the agent's shared TCPStore: a restart may fail to "
+              "connect (pytorch#135712); set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 and use a c10d rendezvous "
+              "(--standalone or --rdzv-backend=c10d), as launch/ does", file=sys.stderr, flush=True)
+
+
 def init_distributed(cfg: DictConfig) -> None:
     """Process groups (NCCL on GPU, gloo on CPU), megatron's TP/PP/DP groups, every seed."""
     from megatron.core import parallel_state, tensor_parallel
@@ -38,16 +55,17 @@ def init_distributed(cfg: DictConfig) -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if not dist.is_initialized():
+        warn_if_restarts_share_the_store()
         if "RANK" not in os.environ:  # a plain single-process run: be our own rendezvous
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                                timeout=timedelta(minutes=30))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=collective_timeout(cfg))
     p = cfg.parallel
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=p.tensor_model_parallel_size,
         pipeline_model_parallel_size=p.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=p.virtual_pipeline_model_parallel_size or None,
+        distributed_timeout_minutes=collective_timeout(cfg).total_seconds() / 60,
     )
     seed = cfg.train.seed
     random.seed(seed)

@@ -54,9 +54,14 @@ class Metrics(Callback):
         if self.monitor is not None:
             self.monitor.event(name, step, **fields)
 
-    def wandb_log(self, values: dict[str, Any]) -> None:
+    def wandb_log(self, values: dict[str, Any], step: int | None = None) -> None:
+        """``values`` without the None ones; ``step``: the W&B step (None: W&B's own counter)."""
         if self.monitor is not None and self.monitor.wandb is not None:
-            self.monitor.wandb.log(values)
+            values = {k: v for k, v in values.items() if v is not None}
+            if step is None:
+                self.monitor.wandb.log(values)
+            else:
+                self.monitor.wandb.log(values, step=step)
 
     def log_eval(self, step: int, loss: float) -> None:
         if self.monitor is not None:
