@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from launch.cli_args import split_argv
 from launch.in_allocation import inside_submitit_slurm_job, run_in_allocation
 from launch.local import local_command, run_local
-from launch.plan import make_plan
+from launch.plan import make_plan, max_restarts
 from launch.preflight import StageConfigRefused, preflight
 from launch.slurm import render_sbatch, submit, wait_for, write_sbatch
 from launch.stages import LaunchConfigError
@@ -59,14 +59,14 @@ def launch(cfg: DictConfig) -> int:
     record = {"stage": plan.stage_name, "launcher": plan.launcher, "nodes": plan.nodes,
               "procs_per_node": plan.procs_per_node, "stage_args": plan.stage_args}
     if plan.launcher == "local":
-        max_restarts = int(OmegaConf.select(cfg, "cluster.max_restarts", default=0) or 0)
-        command = local_command(plan, max_restarts)
+        restarts = max_restarts(plan, cfg.cluster)
+        command = local_command(plan, restarts)
         if cfg.dry_run:
             print("# command\n" + " ".join(command))
             return 0
         plan.launch_dir.mkdir(parents=True, exist_ok=True)
         (plan.launch_dir / "launch.json").write_text(json.dumps({**record, "command": command}, indent=1))
-        return run_local(plan, max_restarts)
+        return run_local(plan, restarts)
 
     script = render_sbatch(plan, cfg.cluster, str(cfg.job_name))
     path = write_sbatch(plan, script)

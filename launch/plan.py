@@ -133,3 +133,24 @@ def make_plan(cfg: DictConfig, cluster_overrides: list[str] | None = None) -> La
 def stage_command(plan: LaunchPlan) -> list[str]:
     """`python -m <stage> <overrides>`: what every rank (or the single process) runs."""
     return [plan.python, "-m", plan.stage.module, *plan.stage_args]
+
+
+def max_restarts(plan: LaunchPlan, cluster: DictConfig) -> int:
+    """``cluster.max_restarts`` (default 0): how often torchrun restarts the workers in the allocation.
+
+    Why in the allocation and not by requeue: a rank that dies (OOM kill, a segfault, a
+    SIGKILL) costs a requeue a trip through the queue and a fresh start-up of every node;
+    torchrun's agents (locally: the one agent) notice the dead worker, stop the others, meet again at the same c10d
+    rendezvous (the store lives in the first node's agent, which did not die) and restart
+    every rank, which resumes from the latest checkpoint. Needs torchrun: the per_node layout.
+    """
+    value = cluster.get("max_restarts", 0)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise LaunchConfigError("cluster.max_restarts", f"must be a non-negative integer, got {value!r}")
+    if value and plan.stage.distributed and plan.task_layout != "per_node":
+        raise LaunchConfigError("cluster.max_restarts",
+                                f"{value} needs torchrun, which only task_layout=per_node runs "
+                                f"(got task_layout={plan.task_layout}); set cluster.max_restarts=0")
+    return value

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from launch.plan import LaunchPlan, stage_command
+from launch.plan import LaunchPlan, max_restarts, stage_command
 from launch.rendezvous import MASTER_ADDR_SHELL, MASTER_PORT_SHELL
 from launch.stages import LaunchConfigError
 
@@ -69,27 +69,6 @@ def sbatch_directives(plan: LaunchPlan, cluster: DictConfig, job_name: str) -> l
         f"--output={log_dir}/%x-%j.out",
     ]
     return [f"#SBATCH {line}" for line in lines]
-
-
-def max_restarts(plan: LaunchPlan, cluster: DictConfig) -> int:
-    """``cluster.max_restarts`` (default 0): how often torchrun restarts the workers in the allocation.
-
-    Why in the allocation and not by requeue: a rank that dies (OOM kill, a segfault, a
-    SIGKILL) costs a requeue a trip through the queue and a fresh start-up of every node;
-    torchrun's agents notice the dead worker, stop the others, meet again at the same c10d
-    rendezvous (the store lives in the first node's agent, which did not die) and restart
-    every rank, which resumes from the latest checkpoint. Needs torchrun: the per_node layout.
-    """
-    value = cluster.get("max_restarts", 0)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise LaunchConfigError("cluster.max_restarts", f"must be a non-negative integer, got {value!r}")
-    if value and plan.stage.distributed and plan.task_layout != "per_node":
-        raise LaunchConfigError("cluster.max_restarts",
-                                f"{value} needs torchrun, which only task_layout=per_node runs "
-                                f"(got task_layout={plan.task_layout}); set cluster.max_restarts=0")
-    return value
 
 
 def srun_line(plan: LaunchPlan, cluster: DictConfig) -> str:
