@@ -23,7 +23,8 @@ _TOKEN = re.compile(f"[{_CJK}]|[^\\W{_CJK}]+|[^\\w\\s]", re.UNICODE)
 _DIGIT = re.compile(r"\d")
 _PUNCT = str.maketrans({"，": ",", "。": ".", "、": ",", "“": '"', "”": '"', "‘": "'", "’": "'", "：": ":",
                         "；": ";", "！": "!", "？": "?", "（": "(", "）": ")", "「": '"', "」": '"', "『": '"',
-                        "』": '"', "《": '"', "》": '"', "【": "[", "】": "]", "…": "...", "—": "-", "–": "-"})
+                        "』": '"', "《": '"', "》": '"', "【": "[", "】": "]",
+                        "…": "...", "—": "-", "–": "-"})
 
 
 def normalize(text: str) -> str:
@@ -32,8 +33,9 @@ def normalize(text: str) -> str:
     if not text.isascii():
         decomposed = unicodedata.normalize("NFD", text)
         # strip combining marks only after a Latin base letter: NFD of Korean or Japanese kana is not reversible
-        text = unicodedata.normalize("NFC", "".join(c for i, c in enumerate(decomposed)
-                                                    if not (unicodedata.combining(c) and i and decomposed[i - 1].isascii())))
+        kept = (c for i, c in enumerate(decomposed)
+                if not (unicodedata.combining(c) and i and decomposed[i - 1].isascii()))
+        text = unicodedata.normalize("NFC", "".join(kept))
     return _DIGIT.sub("0", text)
 
 

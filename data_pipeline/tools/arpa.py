@@ -61,7 +61,8 @@ def estimate(counts: list[Counter], min_count: int = 1) -> tuple[list[dict[Gram,
     for n in range(order - 1, 0, -1):  # continuation counts of (n)-grams from the (n+1)-grams
         cont: Counter = Counter(g[1:] for g in counts[n])
         adjusted[n - 1] = {g: (c if g[0] == BOS else cont[g]) for g, c in counts[n - 1].items() if g != (BOS,)}
-    for n in range(1, order):  # pruning: orders >= 2, on raw counts (closure: a kept n-gram's prefix and suffix are kept)
+    # pruning: orders >= 2, on raw counts, so a kept n-gram's prefix and suffix (seen as often) are kept too
+    for n in range(1, order):
         adjusted[n] = {g: a for g, a in adjusted[n].items() if counts[n][g] >= min_count}
     adjusted[0].setdefault((UNK,), 0)
 
