@@ -141,3 +141,17 @@ def test_validate_reports_a_missing_model_before_any_work(tmp_path):
                       **{"perplexity.langs.en.model": str(tmp_path / "missing.arpa")})
     with pytest.raises(ConfigError, match="'perplexity.langs.en.model'"):
         validate(cfg)
+
+
+def test_build_lm_cli_writes_a_model_and_prints_reference_cutoffs(tmp_path, capsys):
+    import json
+
+    from data_pipeline.tools.build_lm import main
+
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": f"{s}\n{s}"}) + "\n" for s in TOY * 3))
+    main(["--input", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "lm.arpa.gz"),
+          "--reference", str(tmp_path / "in.jsonl")])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    low, high = result["cutoffs"]
+    assert result["ngrams"]["3-grams"] > 0 and 1.0 < low <= high
+    assert load_lm(str(tmp_path / "lm.arpa.gz")).order == 3
