@@ -12,14 +12,20 @@ export WANDB_MODE ?= offline
 export RAY_DEDUP_LOGS ?= 0
 export PYTHONHASHSEED ?= 0
 
-.PHONY: demo test test-fast env clean bench-data bench-tokenizer rehearsal
+.PHONY: demo test test-fast env clean bench-data bench-tokenizer rehearsal build-tools
 
 env: $(STAMP)
+
+# kenlm (data_pipeline.perplexity) is a source distribution: pip compiles it, which needs a C++ compiler
+# and Python.h. On a bare Debian/Ubuntu machine they are installed once; where both exist this does nothing.
+build-tools:
+	@if ! command -v c++ >/dev/null 2>&1 || ! $(PYTHON) -c "import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))"; then \
+	  SUDO=$$(command -v sudo || true); $$SUDO apt-get update -q && $$SUDO apt-get install -y -q g++ python3-dev; fi
 
 # torch goes in first and is pinned through a constraints file, so no resolver
 # can replace it with a CUDA build on a machine without a GPU. On a GPU machine
 # the same pin pulls the normal CUDA wheel from the index.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | build-tools
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	echo "torch==$(TORCH_VERSION)" > $(VENV)/constraints.txt

@@ -67,6 +67,9 @@ def validate(cfg: DictConfig) -> None:
         _require(convert in (None, "none", "hans", "hant"), "zh_script.convert", "must be none, hans or hant")
     if "decontaminate" in cfg.stages:
         _validate_decontaminate(cfg)
+    for name in ("quality_model", "perplexity"):
+        if name in cfg.stages:
+            _validate_model_stage(cfg, name)
     _require(0.0 <= float(cfg.normalize.max_bad_char_fraction) <= 1.0, "normalize.max_bad_char_fraction", "must be in [0, 1]")
     _require(len(cfg.language.allowed) > 0, "language.allowed", "must list at least one language")
     _require(int(cfg.language.max_bytes) > 0, "language.max_bytes", "must be positive")
@@ -95,6 +98,15 @@ def validate(cfg: DictConfig) -> None:
     _require(int(cfg.ray.num_cpus) > 0, "ray.num_cpus", "must be positive")
     _require(int(cfg.ray.batch_size) > 0, "ray.batch_size", "must be positive")
     _require(int(cfg.resume.files_per_commit) > 0, "resume.files_per_commit", "must be positive")
+
+
+def _validate_model_stage(cfg: DictConfig, name: str) -> None:
+    """Model paths and thresholds of quality_model / perplexity, checked without loading the models."""
+    from data_pipeline.stage import REGISTRY
+
+    block = OmegaConf.select(cfg, name, default=None)
+    _require(block is not None, name, f"is required by stage '{name}'")
+    REGISTRY[name].check(plain(block))  # type: ignore[attr-defined]
 
 
 def _validate_decontaminate(cfg: DictConfig) -> None:

@@ -84,8 +84,8 @@ def test_few_real_documents_dropped_by_filters(outcome):
     _, _, train, held, report, _ = outcome
     truth = planted()
     planted_filtered = sum(1 for p in truth.values() if p["kind"] in JUNK)
-    filtered_total = sum(e["count"] for stage in ("normalize", "language", "quality")
-                         for e in report["dropped"].get(stage, {}).values())
+    filters = ("normalize", "language", "quality", "quality_model", "perplexity")
+    filtered_total = sum(e["count"] for stage in filters for e in report["dropped"].get(stage, {}).values())
     real_total = 3466 - len(truth)
     real_filtered = filtered_total - planted_filtered
     assert 0 <= real_filtered <= 0.01 * real_total, real_filtered

@@ -19,10 +19,10 @@ from .conftest import load_config, read_corpus
 BUILTIN_COLUMNS = [
     "file_key", "id", "doc_id", "text", "source", "lang", "lang_score", "lang_hint", "status", "stage", "reason", "file",
     "line", "error", "n_chars", "n_bytes", "url", "domain", "meta", "decontaminated_spans", "decontaminated_from",
-    "pii_email", "pii_ip", "pii_phone", "pii_cn_id", "pii_us_ssn",
+    "perplexity", "perplexity_bucket", "pii_email", "pii_ip", "pii_phone", "pii_cn_id", "pii_us_ssn",
     "q_units", "q_mean_word_length", "q_alpha_words", "q_dup_line_fraction", "q_dup_line_char_fraction",
     "q_top_ngram_char_fraction", "q_dup_ngram_char_fraction", "q_line_punct_ratio", "q_short_line_ratio",
-    "q_cjk_share", "q_cjk_punct_ratio", "zh_script", "exact_hash", "bands", "signature"]
+    "q_cjk_share", "q_cjk_punct_ratio", "fasttext_quality", "zh_script", "exact_hash", "bands", "signature"]
 
 
 class BannedWord(DocumentStage):
@@ -57,7 +57,8 @@ def _reader_rows(texts: list[str]) -> list[dict]:
 
 def test_builtin_stages_keep_the_stage1_column_layout():
     assert stage1_schema().names == BUILTIN_COLUMNS
-    assert list(REGISTRY) == ["decontaminate", "language", "normalize", "pii", "quality", "url_filter", "zh_script"]
+    assert list(REGISTRY) == ["decontaminate", "language", "normalize", "perplexity", "pii", "quality",
+                              "quality_model", "url_filter", "zh_script"]
 
 
 def test_a_registered_stage_runs_through_clean_records(banned_word):
