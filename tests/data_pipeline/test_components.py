@@ -11,6 +11,25 @@ from data_pipeline import components, dedup, dedup_buckets, dedup_verify, remova
 from data_pipeline.shuffle import DRIVER_GATHER, MAX_SCALAR_BYTES, by_node
 
 
+def _calls(fn) -> set[str]:
+    """Dotted names of everything ``fn``'s body calls."""
+    names = set()
+    for node in ast.walk(ast.parse(inspect.getsource(fn).lstrip())):
+        if isinstance(node, ast.Call):
+            names.add(ast.unparse(node.func))
+    return names
+
+
+def test_driver_only_gathers_scalars_structurally():
+    """Nothing in the dedup path calls ray.get/ray.wait except ``gather_scalars``, which bounds each result."""
+    for module in (components, dedup_buckets, dedup_verify, removal_set):
+        source = inspect.getsource(module)
+        assert "ray.get" not in source and "ray.wait" not in source and "ray.put" not in source, module.__name__
+    calls = _calls(dedup.find_duplicates) | _calls(components.connected_components)
+    assert "gather_scalars" in calls
+    assert not {c for c in calls if c.startswith("ray.")}
+
+
 def union_find_roots(edges: list[tuple[int, int]]) -> dict[int, int]:
     parent: dict[int, int] = {}
 
@@ -69,25 +88,6 @@ def test_components_match_union_find_on_random_graphs(ray_cluster, seed):
 def test_empty_graph(ray_cluster):
     got, rounds = distributed_roots(ray_cluster, [], partitions=2, pieces=1)
     assert got == {} and rounds == 1
-
-
-def _calls(fn) -> set[str]:
-    """Dotted names of everything ``fn``'s body calls."""
-    names = set()
-    for node in ast.walk(ast.parse(inspect.getsource(fn).lstrip())):
-        if isinstance(node, ast.Call):
-            names.add(ast.unparse(node.func))
-    return names
-
-
-def test_driver_only_gathers_scalars_structurally():
-    """Nothing in the dedup path calls ray.get/ray.wait except ``gather_scalars``, which bounds each result."""
-    for module in (components, dedup_buckets, dedup_verify, removal_set):
-        source = inspect.getsource(module)
-        assert "ray.get" not in source and "ray.wait" not in source and "ray.put" not in source, module.__name__
-    calls = _calls(dedup.find_duplicates) | _calls(components.connected_components)
-    assert "gather_scalars" in calls
-    assert not {c for c in calls if c.startswith("ray.")}
 
 
 def test_driver_gathers_the_same_whatever_the_corpus_size(corpus_run, tmp_path):
