@@ -71,17 +71,29 @@ def find_duplicates(part_files: list[str], cfg: Any, work: Path) -> dict[str, in
         return dict(EMPTY_STATS)
     p = max(1, int(d.shuffle_partitions))
     num_perm = int(d.num_perm)
-    mapped = [submit(map_buckets, p, i, path, p, bool(d.exact), bool(d.fuzzy)) for i, path in enumerate(part_files)]
+    groups = min(p, len(part_files))
+    mapped = [submit(map_buckets, p, _files_of(part_files, g, groups), p, bool(d.exact), bool(d.fuzzy))
+              for g in range(groups)]
+    # Each list is dropped once the next step is submitted: the tasks hold what they need, and the
+    # driver keeps at most a few partitions x partitions references alive.
     reduced = [submit(reduce_buckets, p + 2, p, *[m[k] for m in mapped]) for k in range(p)]
+    del mapped
     firsts = [submit(attach_first, p + 1, _files_of(part_files, k, p), num_perm, d.threshold, p,
                      *[r[k] for r in reduced]) for k in range(p)]
     verified = [submit(verify_second, 2, _files_of(part_files, k, p), num_perm, d.threshold,
                        *[f[k] for f in firsts]) for k in range(p)]
-    links, rounds = connected_components([r[p] for r in reduced] + [v[0] for v in verified], p, by_file)
+    pair_counts = [r[p + 1] for r in reduced] + [f[p] for f in firsts] + [v[1] for v in verified]
+    edges = [r[p] for r in reduced] + [v[0] for v in verified]
+    del reduced, firsts, verified
+    links, rounds = connected_components(edges, p, by_file)
+    del edges
     keyed = [submit(attach_keys, p, _files_of(part_files, k, p), p, *[lk[k] for lk in links]) for k in range(p)]
+    del links
     rows = [submit(resolve, p, bool(d.exact), p, *[x[k] for x in keyed]) for k in range(p)]
+    del keyed
     written = [submit(write_removals, 1, str(removal_path(out, k, p)), *[r[k] for r in rows])[0] for k in range(p)]
-    counts = gather_scalars([r[p + 1] for r in reduced] + [f[p] for f in firsts] + [v[1] for v in verified] + written)
+    del rows
+    counts = gather_scalars(pair_counts + written)
     exact_pairs, candidates = sum(counts[:p]), sum(counts[p:2 * p])
     verified_pairs, totals = sum(counts[2 * p:3 * p]), np.array(counts[3 * p:]).sum(axis=0)
     return {"exact_pairs": int(exact_pairs), "near_candidate_pairs": int(candidates),

@@ -1,6 +1,6 @@
 """Bucket shuffle: documents grouped by exact hash and LSH band hash, turned into candidate pairs of integer ids.
 
-Map: one task per stage-1 part file emits a ``(key, kind, id)`` row per bucket
+Map: one task per group of stage-1 part files emits a ``(key, kind, id)`` row per bucket
 a kept document is in (kind 0: exact hash, kind 1: band hash; the pair is the
 bucket, so an exact hash and a band hash that happen to be equal never meet).
 Reduce: one task per key partition sorts its rows and, per bucket of 2+
@@ -24,15 +24,29 @@ from data_pipeline.shuffle import by_file, concat, doc_ids, returns, split
 ALL_PAIRS_MAX_BUCKET = 16
 
 
-def map_buckets(file_index: int, path: str, num_partitions: int, exact: bool, fuzzy: bool):
-    """One part file's bucket rows ``(key, kind, id)``, split into ``num_partitions`` by key."""
+def map_buckets(files: dict[int, str], num_partitions: int, exact: bool, fuzzy: bool):
+    """Bucket rows ``(key, kind, id)`` of a group of part files ({index: path}), split into ``num_partitions`` by key.
+
+    A group, not one file per task: each map task returns ``num_partitions`` objects, and the driver
+    holds a reference to each, so a task per file would make the driver's share grow with the number
+    of files (files x partitions references); groups keep it at partitions x partitions.
+    """
+    rows = [_bucket_rows(index, path, exact, fuzzy) for index, path in sorted(files.items())]
+    key = np.concatenate([r[0] for r in rows]) if rows else np.empty(0, np.uint64)
+    kind = np.concatenate([r[1] for r in rows]) if rows else np.empty(0, np.int8)
+    doc = np.concatenate([r[2] for r in rows]) if rows else np.empty(0, np.int64)
+    return returns(split((key % np.uint64(num_partitions)).astype(np.int64), num_partitions, key, kind, doc))
+
+
+def _bucket_rows(file_index: int, path: str, exact: bool, fuzzy: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One part file's kept documents -> parallel arrays (key, kind, id), one entry per bucket."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(path, columns=["status", "exact_hash", "bands"])
     rows = np.flatnonzero(pc.equal(table.column("status"), "kept").to_numpy(zero_copy_only=False))
     kept = table.take(pa.array(rows))
     ids = doc_ids(file_index, rows)
-    keys, kinds, out_ids = [], [], []
+    keys, kinds, out_ids = [np.empty(0, np.uint64)], [np.empty(0, np.int8)], [np.empty(0, np.int64)]
     if exact and len(kept):
         keys.append(kept.column("exact_hash").to_numpy(zero_copy_only=False).astype(np.uint64))
         kinds.append(np.zeros(len(kept), dtype=np.int8))
@@ -43,10 +57,7 @@ def map_buckets(file_index: int, path: str, num_partitions: int, exact: bool, fu
         keys.append(pc.list_flatten(bands).to_numpy(zero_copy_only=False).astype(np.uint64))
         kinds.append(np.ones(int(lengths.sum()), dtype=np.int8))
         out_ids.append(np.repeat(ids, lengths))
-    if not keys:
-        keys, kinds, out_ids = [np.empty(0, np.uint64)], [np.empty(0, np.int8)], [np.empty(0, np.int64)]
-    key, kind, doc = np.concatenate(keys), np.concatenate(kinds), np.concatenate(out_ids)
-    return returns(split((key % np.uint64(num_partitions)).astype(np.int64), num_partitions, key, kind, doc))
+    return np.concatenate(keys), np.concatenate(kinds), np.concatenate(out_ids)
 
 
 def bucket_pairs(keys: np.ndarray, kinds: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
