@@ -45,7 +45,7 @@ from data_pipeline.shuffle import by_file, gather_scalars, submit
 
 MAX_ID_EXAMPLES = 3  # repeated input ids named in the report
 EMPTY_STATS = {"exact_pairs": 0, "near_candidate_pairs": 0, "near_verified_pairs": 0, "exact_removed": 0,
-               "near_removed": 0, "clusters": 0, "cc_rounds": 0}
+               "near_removed": 0, "clusters": 0, "cc_rounds": 0, "partitions": 1}
 
 
 def removal_dir(work: Path) -> Path:
@@ -57,11 +57,27 @@ def _files_of(part_files: list[str], p: int, num: int) -> dict[int, str]:
     return {i: path for i, path in enumerate(part_files) if i % num == p}
 
 
+def partitions_for(part_files: list[str], cfg: Any) -> int:
+    """``dedup.shuffle_partitions``, or fewer for a corpus under ``partition_rows`` rows per partition.
+
+    Every step costs partitions x partitions objects and a few tasks per partition: on a small
+    corpus (the tests, a demo) that fixed cost is most of dedup's time. The row count comes from
+    the parquet footers, so the driver reads no documents.
+    """
+    import pyarrow.parquet as pq
+
+    most = max(1, int(cfg.dedup.shuffle_partitions))
+    per = max(1, int(cfg.dedup.get("partition_rows", 20000)))
+    rows = sum(pq.ParquetFile(path).metadata.num_rows for path in part_files)
+    return max(1, min(most, -(-rows // per)))
+
+
 def find_duplicates(part_files: list[str], cfg: Any, work: Path) -> dict[str, int]:
     """Write the removal set of the kept rows in ``part_files`` under ``work/dedup``; return counts.
 
     The directory is recreated on every call (dedup always reruns from the committed stage-1 files),
-    so a stale removal file can never be joined against.
+    so a stale removal file can never be joined against. ``partitions`` in the result is how many
+    removal files there are (``removal_path``), which the final write needs to find its file.
     """
     out = removal_dir(work)
     shutil.rmtree(out, ignore_errors=True)
@@ -69,7 +85,7 @@ def find_duplicates(part_files: list[str], cfg: Any, work: Path) -> dict[str, in
     d = cfg.dedup
     if not part_files or not (d.exact or d.fuzzy):
         return dict(EMPTY_STATS)
-    p = max(1, int(d.shuffle_partitions))
+    p = partitions_for(part_files, cfg)
     num_perm = int(d.num_perm)
     groups = min(p, len(part_files))
     mapped = [submit(map_buckets, p, _files_of(part_files, g, groups), p, bool(d.exact), bool(d.fuzzy))
@@ -98,7 +114,7 @@ def find_duplicates(part_files: list[str], cfg: Any, work: Path) -> dict[str, in
     verified_pairs, totals = sum(counts[2 * p:3 * p]), np.array(counts[3 * p:]).sum(axis=0)
     return {"exact_pairs": int(exact_pairs), "near_candidate_pairs": int(candidates),
             "near_verified_pairs": int(verified_pairs), "exact_removed": int(totals[0]),
-            "near_removed": int(totals[1]), "clusters": int(totals[2]), "cc_rounds": int(rounds)}
+            "near_removed": int(totals[1]), "clusters": int(totals[2]), "cc_rounds": int(rounds), "partitions": p}
 
 
 def map_input_ids(path: str, num_partitions: int) -> list[np.ndarray]:

@@ -51,7 +51,7 @@ def _connect_ray(cfg: Any, work: Path) -> OwnedSession | None:
     return OwnedSession(work)
 
 
-def _write_outputs_parallel(part_files: list[str], out: Path, work: Path, cfg: Any) -> list[dict]:
+def _write_outputs_parallel(part_files: list[str], out: Path, work: Path, partitions: int, cfg: Any) -> list[dict]:
     import ray
     from tqdm import tqdm
 
@@ -60,7 +60,7 @@ def _write_outputs_parallel(part_files: list[str], out: Path, work: Path, cfg: A
         (out / split).mkdir(parents=True)
     task = ray.remote(write_part).options(num_cpus=1)
     heldout_cfg = {"fraction": float(cfg.heldout.fraction), "seed": int(cfg.heldout.seed)}
-    removals, partitions = str(removal_dir(work)), max(1, int(cfg.dedup.shuffle_partitions))
+    removals = str(removal_dir(work))
     pending = [task.remote(i, p, str(out), removals, partitions, heldout_cfg) for i, p in enumerate(part_files)]
     order = {ref: i for i, ref in enumerate(pending)}
     results: list[Any] = [None] * len(pending)
@@ -95,7 +95,7 @@ def run(cfg: DictConfig) -> dict:
         dedup_stats = find_duplicates(part_files, plain(cfg), work)
         input_ids = count_input_ids(part_files, plain(cfg))
         t2 = time.time()
-        tally = merge_tallies(_write_outputs_parallel(part_files, out, work, cfg))
+        tally = merge_tallies(_write_outputs_parallel(part_files, out, work, dedup_stats["partitions"], cfg))
         t3 = time.time()
     finally:
         if owned is not None:

@@ -11,25 +11,6 @@ from data_pipeline import components, dedup, dedup_buckets, dedup_verify, remova
 from data_pipeline.shuffle import DRIVER_GATHER, MAX_SCALAR_BYTES, by_node
 
 
-def _calls(fn) -> set[str]:
-    """Dotted names of everything ``fn``'s body calls."""
-    names = set()
-    for node in ast.walk(ast.parse(inspect.getsource(fn).lstrip())):
-        if isinstance(node, ast.Call):
-            names.add(ast.unparse(node.func))
-    return names
-
-
-def test_driver_only_gathers_scalars_structurally():
-    """Nothing in the dedup path calls ray.get/ray.wait except ``gather_scalars``, which bounds each result."""
-    for module in (components, dedup_buckets, dedup_verify, removal_set):
-        source = inspect.getsource(module)
-        assert "ray.get" not in source and "ray.wait" not in source and "ray.put" not in source, module.__name__
-    calls = _calls(dedup.find_duplicates) | _calls(components.connected_components)
-    assert "gather_scalars" in calls
-    assert not {c for c in calls if c.startswith("ray.")}
-
-
 def union_find_roots(edges: list[tuple[int, int]]) -> dict[int, int]:
     parent: dict[int, int] = {}
 
@@ -99,7 +80,7 @@ def test_driver_gathers_the_same_whatever_the_corpus_size(corpus_run, tmp_path):
 
     out, _ = corpus_run
     pattern = str(CORPUS / "*.jsonl.gz")
-    cfg = plain(load_config(input=pattern, output=str(out)))
+    cfg = plain(load_config(input=pattern, output=str(out), **{"dedup.partition_rows": 1}))  # 8 partitions
     files = part_files_of(out, pattern)
     seen = []
     for subset in (files[: len(files) // 2], files):
@@ -113,3 +94,22 @@ def test_driver_gathers_the_same_whatever_the_corpus_size(corpus_run, tmp_path):
     assert (calls_half, results_half) == (calls_all, results_all) == (1, 4 * 8)
     for size, stats in ((bytes_half, half), (bytes_all, full)):  # small ints and tuples of them: ~5-30 bytes each
         assert size <= 32 * (4 * 8 + 2 * 8 * stats["cc_rounds"]) < MAX_SCALAR_BYTES * 4 * 8
+
+
+def _calls(fn) -> set[str]:
+    """Dotted names of everything ``fn``'s body calls."""
+    names = set()
+    for node in ast.walk(ast.parse(inspect.getsource(fn).lstrip())):
+        if isinstance(node, ast.Call):
+            names.add(ast.unparse(node.func))
+    return names
+
+
+def test_driver_only_gathers_scalars_structurally():
+    """Nothing in the dedup path calls ray.get/ray.wait except ``gather_scalars``, which bounds each result."""
+    for module in (components, dedup_buckets, dedup_verify, removal_set):
+        source = inspect.getsource(module)
+        assert "ray.get" not in source and "ray.wait" not in source and "ray.put" not in source, module.__name__
+    calls = _calls(dedup.find_duplicates) | _calls(components.connected_components)
+    assert "gather_scalars" in calls
+    assert not {c for c in calls if c.startswith("ray.")}

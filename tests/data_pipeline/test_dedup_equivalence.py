@@ -40,7 +40,7 @@ def test_demo_corpus_same_removals_counts_and_report(corpus_run, tmp_path):
     part_files = part_files_of(out, pattern)
     assert len(part_files) > 1
     legacy_removed, legacy_stats = dedup_legacy.find_duplicates(part_files, cfg)
-    removed, sizes = removal_sets(part_files, out / "_work", int(cfg["dedup"]["shuffle_partitions"]))
+    removed, sizes = removal_sets(part_files, out / "_work", summary["dedup"]["partitions"])
     assert removed == legacy_removed and len(removed) > 300  # 331 real + the planted ones
     for key in ("exact_pairs", "near_candidate_pairs", "near_verified_pairs"):
         assert summary["dedup"][key] == legacy_stats[key], key
@@ -50,8 +50,9 @@ def test_demo_corpus_same_removals_counts_and_report(corpus_run, tmp_path):
     assert sum(sizes.values()) == len(sizes) + len(removed)
 
     # another partitioning of every shuffle: the same removal set (determinism does not hang on layout)
-    cfg["dedup"]["shuffle_partitions"] = 3
+    cfg["dedup"].update(shuffle_partitions=3, partition_rows=1)
     stats = dedup.find_duplicates(part_files, cfg, tmp_path)
+    assert stats["partitions"] == 3
     assert removal_sets(part_files, tmp_path, 3) == (removed, sizes)
     assert stats["exact_removed"] + stats["near_removed"] == len(removed) and stats["clusters"] == len(sizes)
 
