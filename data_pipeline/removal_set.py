@@ -96,8 +96,10 @@ def read_removals(directory: Path | str, file_index: int, num_partitions: int) -
                         ("duplicate_of", pa.string())])
     if not path.exists():
         return schema.empty_table()
-    lo, hi = file_index << 32, (file_index + 1) << 32
-    table = pq.read_table(path, filters=[("doc", ">=", lo), ("doc", "<", hi)])
+    table = pq.read_table(path)  # sorted by doc: this file's rows are one slice
+    docs = table.column("doc").to_numpy()
+    lo, hi = np.searchsorted(docs, [file_index << 32, (file_index + 1) << 32])
+    table = table.slice(int(lo), int(hi - lo))
     rows = row_of(table.column("doc").to_numpy())
     return pa.table({"row": rows, "reason": table.column("reason"), "dup_cluster_size": table.column("dup_cluster_size"),
                      "duplicate_of": table.column("duplicate_of")}, schema=schema)
