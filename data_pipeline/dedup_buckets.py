@@ -74,8 +74,8 @@ def bucket_pairs(keys: np.ndarray, kinds: np.ndarray, ids: np.ndarray) -> tuple[
     starts = np.flatnonzero(new_bucket)
     ends = np.append(starts[1:], len(keys))
     sizes = ends - starts
-    for start, end in zip(starts[(sizes >= 3) & (sizes <= ALL_PAIRS_MAX_BUCKET)], ends[(sizes >= 3)
-                                                                                       & (sizes <= ALL_PAIRS_MAX_BUCKET)]):
+    small = (sizes >= 3) & (sizes <= ALL_PAIRS_MAX_BUCKET)  # size 2: the star already is every pair
+    for start, end in zip(starts[small], ends[small]):
         rest = np.unique(ids[start + 1:end])
         rest = rest[rest != ids[start]]  # the star already links the first
         if len(rest) > 1:

@@ -45,7 +45,8 @@ def attach_keys(files: dict[int, str], num_out: int, *parts: tuple):
     which = file_of(member)
     for index in np.unique(which):
         at = np.flatnonzero(which == index)
-        table = pq.read_table(files[int(index)], columns=["id", "doc_id", "exact_hash"]).take(pa.array(row_of(member[at])))
+        table = pq.read_table(files[int(index)], columns=["id", "doc_id", "exact_hash"])
+        table = table.take(pa.array(row_of(member[at])))
         keys[at] = [f"{i}\0{d}" for i, d in zip(table.column("id").to_pylist(), table.column("doc_id").to_pylist())]
         hashes[at] = table.column("exact_hash").to_numpy(zero_copy_only=False).astype(np.uint64)
     return returns(split(by_node(root, num_out), num_out, root, member, keys, hashes))
@@ -82,7 +83,8 @@ def write_removals(path: str, *parts: tuple) -> tuple[int, int, int]:
     size, duplicate_of = concat(parts, 2, np.int64), concat(parts, 3, object)
     order = np.argsort(member, kind="stable")
     table = pa.table({"doc": member[order], "reason": pa.array(REASONS[reason[order]].tolist(), pa.string()),
-                      "dup_cluster_size": size[order], "duplicate_of": pa.array(duplicate_of[order].tolist(), pa.string())})
+                      "dup_cluster_size": size[order],
+                      "duplicate_of": pa.array(duplicate_of[order].tolist(), pa.string())})
     tmp = Path(path).with_name(f".{Path(path).name}.tmp-{uuid.uuid4().hex}")
     pq.write_table(table, tmp, compression="zstd", row_group_size=64 * 1024)
     os.replace(tmp, path)
@@ -101,5 +103,6 @@ def read_removals(directory: Path | str, file_index: int, num_partitions: int) -
     lo, hi = np.searchsorted(docs, [file_index << 32, (file_index + 1) << 32])
     table = table.slice(int(lo), int(hi - lo))
     rows = row_of(table.column("doc").to_numpy())
-    return pa.table({"row": rows, "reason": table.column("reason"), "dup_cluster_size": table.column("dup_cluster_size"),
+    return pa.table({"row": rows, "reason": table.column("reason"),
+                     "dup_cluster_size": table.column("dup_cluster_size"),
                      "duplicate_of": table.column("duplicate_of")}, schema=schema)
