@@ -6,8 +6,9 @@ Steps and what survives an interruption:
 
 1. ``stage1``  per input file, committed with ``_work/stage1/<file>/_SUCCESS``;
    a rerun skips committed files.
-2. ``dedup``   global; cheap (hashes and pair lists only), always recomputed
-   from the committed stage-1 files, so it is deterministic for a given input.
+2. ``dedup``   global, on Ray tasks; writes the removal set to ``_work/dedup/``;
+   always recomputed from the committed stage-1 files (the directory is
+   recreated), so it is deterministic for a given input.
 3. ``write``   shards/heldout rewritten from scratch with fixed names, then
    quarantine.jsonl, mixture.json, report.md and finally report.json, whose
    presence marks a finished run.
@@ -23,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from data_pipeline.config import ConfigError, plain, validate
-from data_pipeline.dedup import count_input_ids, find_duplicates, stage1_part_files
+from data_pipeline.dedup import count_input_ids, find_duplicates, removal_dir, stage1_part_files
 from data_pipeline.ray_session import OwnedSession, sweep_stale_session
 from data_pipeline.readers import expand_inputs
 from data_pipeline.report import build_report, summary_line, write_outputs
@@ -50,17 +51,17 @@ def _connect_ray(cfg: Any, work: Path) -> OwnedSession | None:
     return OwnedSession(work)
 
 
-def _write_outputs_parallel(part_files: list[str], out: Path, removed: dict[str, str], cfg: Any) -> list[dict]:
+def _write_outputs_parallel(part_files: list[str], out: Path, work: Path, partitions: int, cfg: Any) -> list[dict]:
     import ray
     from tqdm import tqdm
 
     for split in ("shards", "heldout"):  # fully regenerated: no stale part can survive a rerun
         shutil.rmtree(out / split, ignore_errors=True)
         (out / split).mkdir(parents=True)
-    removed_ref = ray.put(removed)
     task = ray.remote(write_part).options(num_cpus=1)
     heldout_cfg = {"fraction": float(cfg.heldout.fraction), "seed": int(cfg.heldout.seed)}
-    pending = [task.remote(i, p, str(out), removed_ref, heldout_cfg) for i, p in enumerate(part_files)]
+    removals = str(removal_dir(work))
+    pending = [task.remote(i, p, str(out), removals, partitions, heldout_cfg) for i, p in enumerate(part_files)]
     order = {ref: i for i, ref in enumerate(pending)}
     results: list[Any] = [None] * len(pending)
     with tqdm(total=len(pending), desc="write shards", unit="part", disable=not cfg.ray.progress) as bar:
@@ -91,10 +92,10 @@ def run(cfg: DictConfig) -> dict:
         stage1_stats = run_stage1(files, cfg, work)
         t1 = time.time()
         part_files = stage1_part_files(work, [f.key for f in files])
-        removed, dedup_stats = find_duplicates(part_files, plain(cfg))
+        dedup_stats = find_duplicates(part_files, plain(cfg), work)
         input_ids = count_input_ids(part_files, plain(cfg))
         t2 = time.time()
-        tally = merge_tallies(_write_outputs_parallel(part_files, out, removed, cfg))
+        tally = merge_tallies(_write_outputs_parallel(part_files, out, work, dedup_stats["partitions"], cfg))
         t3 = time.time()
     finally:
         if owned is not None:

@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -59,12 +60,17 @@ def _add_kept(by: dict, rows: pa.Table) -> None:
         entry["langs"][lang] += 1
 
 
-def write_part(index: int, path: str, out_dir: str, removed: dict[str, str], heldout_cfg: dict) -> dict:
-    """Ray task body for one stage-1 part file (``removed`` is keyed by doc_id); returns a plain-dict tally.
+def write_part(index: int, path: str, out_dir: str, removals_dir: str, num_partitions: int, heldout_cfg: dict) -> dict:
+    """Ray task body for one stage-1 part file; returns a plain-dict tally.
 
-    The held-out split hashes the input id, not the doc_id: it stays the same when the corpus is moved
-    or more files are added (a doc_id holds the file's position in the sorted input list).
+    Dedup's decisions are read from its removal file (data_pipeline/removal_set.py): the rows of this
+    part that dedup removes, with their reason, and the cluster size of the ones it keeps, written to
+    the shards as ``dup_cluster_size`` (1 for a document with no duplicate), as FineWeb-2 does for
+    rehydration. The held-out split hashes the input id, not the doc_id: it stays the same when the
+    corpus is moved or more files are added (a doc_id holds the file's position in the sorted input list).
     """
+    from data_pipeline.removal_set import read_removals
+
     table = pq.read_table(path)
     tally = _new_tally()
     tally["input"] = len(table)
@@ -77,15 +83,23 @@ def write_part(index: int, path: str, out_dir: str, removed: dict[str, str], hel
                                         "error": row["error"], "raw": row["text"]})
         else:
             _add_drop(tally, row["stage"], row["reason"], row["id"], row["text"])
-    kept = table.filter(pc.equal(status, "kept"))
-    doc_ids = kept.column("doc_id").to_pylist()
-    is_dup = [doc_id in removed for doc_id in doc_ids]
-    if any(is_dup):
+    kept_rows = np.flatnonzero(pc.equal(status, "kept").to_numpy(zero_copy_only=False))
+    kept = table.take(pa.array(kept_rows))
+    removals = read_removals(removals_dir, index, num_partitions)
+    removal_rows = removals.column("row").to_numpy()
+    at = np.searchsorted(removal_rows, kept_rows)  # removal rows are sorted; every one is a kept row
+    found = at < len(removal_rows)
+    found[found] = removal_rows[at[found]] == kept_rows[found]
+    reasons = np.full(len(kept_rows), None, dtype=object)
+    sizes = np.ones(len(kept_rows), dtype=np.int64)
+    reasons[found] = np.asarray(removals.column("reason").to_pylist(), dtype=object)[at[found]]
+    sizes[found] = removals.column("dup_cluster_size").to_numpy()[at[found]]
+    is_dup = reasons != None  # noqa: E711 (elementwise)
+    if is_dup.any():
         texts, ids = kept.column("text").to_pylist(), kept.column("id").to_pylist()
-        for doc_id, input_id, text, dup in zip(doc_ids, ids, texts, is_dup):
-            if dup:
-                _add_drop(tally, "dedup", removed[doc_id], input_id, text)
-        kept = kept.filter(pa.array([not d for d in is_dup]))
+        for i in np.flatnonzero(is_dup):
+            _add_drop(tally, "dedup", reasons[i], ids[i], texts[i])
+    kept = kept.append_column("dup_cluster_size", pa.array(sizes)).filter(pa.array(~is_dup))
     kept = kept.drop_columns([c for c in INTERNAL_COLUMNS if c in kept.column_names])
     held = heldout_mask(kept.column("id").to_pylist(), float(heldout_cfg["fraction"]), int(heldout_cfg["seed"]))
     train, heldout = kept.filter(pa.array(~held)), kept.filter(pa.array(held))

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from data_pipeline.dedup import (ALL_PAIRS_MAX_BUCKET, EXACT, NEAR, UnionFind, reduce_partition, removals_from_pairs,
-                                 threshold_for)
+from data_pipeline.dedup_legacy import (ALL_PAIRS_MAX_BUCKET, EXACT, NEAR, UnionFind, reduce_partition, removals_from_pairs,
+                                        threshold_for)
 
 
 def test_union_find_root_is_smallest_id_whatever_the_order():
