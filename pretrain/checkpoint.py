@@ -78,7 +78,6 @@ from pretrain.checkpoint_accounting import (
 OPTIMIZER_SHARDING = ("dp_reshardable", "fully_reshardable")
 ACCOUNTING = "checkpoint_accounting.json"
 LOAD_ACCOUNTING = "checkpoint_accounting"  # run_dir/checkpoint_accounting/load_iter_*.json
-RESHARD_TOOL = "python -m pretrain.tools.reshard_checkpoint"
 
 
 def optimizer_metadata(cfg: DictConfig) -> dict[str, str]:
@@ -799,7 +798,9 @@ def _account_load(directory: Path, cfg: DictConfig, iteration: int, reads: dict,
     out.write_text(json.dumps({"checkpoint": str(directory), "layout": current_layout(cfg),
                                "fully_parallel": _fully_parallel(cfg), "summary": summary,
                                "ranks": per_rank}, indent=1) + "\n")
-    append_event(cfg.run_dir, {"event": "checkpoint_load", "step": iteration, "path": str(directory), **summary})
+    if iteration > 0:  # a step-0 load (a model-only HF import) starts a fresh log: no row before it
+        append_event(cfg.run_dir, {"event": "checkpoint_load", "step": iteration, "path": str(directory),
+                                   **summary})
 
 
 def _load_error(directory: Path, error: Exception, verified: bool) -> CheckpointRejected:

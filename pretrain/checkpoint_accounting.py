@@ -15,11 +15,14 @@ Methods (what each number is, exactly):
   chunk, even if only a slice is kept), plus ``common.pt`` and ``.metadata``, which every
   rank reads. The integrity check before a load (every file hashed once, shared among the
   ranks) is reported apart as ``verify_bytes``.
-* ``peak_extra_rss``: the kernel's RSS high-water mark (``VmHWM``) after the save minus
-  the RSS before it, with the mark reset at the start (``echo 5 > /proc/self/clear_refs``);
-  where that reset is not allowed, a 2 ms sampling thread (``method`` says which). For an
-  async save it covers this process (building the state, staging it for the writer), not
-  the forked writer process.
+* ``peak_extra_rss``: the highest RSS a sampling thread saw during the save (psutil, every
+  1 ms) minus the RSS before it. Sampling, not the kernel's ``VmHWM`` high-water mark: that
+  mark can only be reset for the whole process (``/proc/self/clear_refs``), which would
+  also reset the run's lifetime peak that ``mem_gb`` in metrics.jsonl reports on CPU. An
+  allocation held for less than the interval can be missed; the ones that matter here (a
+  gathered optimizer state, a staged copy) live for the whole save. For an async save it
+  covers this process (building the state, staging it for the writer), not the forked
+  writer process.
 """
 
 from __future__ import annotations
@@ -35,56 +38,31 @@ import psutil
 RANK0_FILES = ("common.pt", "metadata.json", ".metadata")
 
 
-def _vm_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_high_water_mark() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return _vm_kib("VmHWM") is not None
-
-
 class PeakRss:
-    """Context manager: ``extra`` = peak RSS inside the block minus RSS at entry (bytes)."""
+    """Context manager: ``extra`` = peak sampled RSS inside the block minus RSS at entry (bytes)."""
 
-    def __init__(self, interval_s: float = 0.002) -> None:
+    def __init__(self, interval_s: float = 0.001) -> None:
         self.interval_s = interval_s
         self.before = self.peak = self.extra = 0
-        self.method = ""
+        self.method = f"psutil RSS sampled every {interval_s * 1000:g} ms"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "PeakRss":
         process = psutil.Process()
         self.before = self.peak = process.memory_info().rss
-        if _reset_high_water_mark():
-            self.method = "VmHWM"
-        else:
-            self.method = f"sampled every {self.interval_s * 1000:g} ms"
 
-            def sample() -> None:
-                while not self._stop.wait(self.interval_s):
-                    self.peak = max(self.peak, process.memory_info().rss)
+        def sample() -> None:
+            while not self._stop.wait(self.interval_s):
+                self.peak = max(self.peak, process.memory_info().rss)
 
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=sample, name="checkpoint-rss", daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-        else:
-            self.peak = max(self.peak, (_vm_kib("VmHWM") or 0) * 1024)
+        self._stop.set()
+        self._thread.join()
         self.peak = max(self.peak, psutil.Process().memory_info().rss)
         self.extra = self.peak - self.before
 
