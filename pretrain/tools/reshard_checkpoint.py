@@ -35,6 +35,11 @@ TARGET_SHARDING = "fully_reshardable"
 
 def source_config(src: Path, dst_run_dir: Path, overrides: list[str]) -> DictConfig:
     """SRC's own config, writing under DST; the parallel layout must stay SRC's."""
+    if dst_run_dir == src or src in dst_run_dir.parents:
+        raise ValueError(f"DST_RUN_DIR {dst_run_dir} is (inside) the source checkpoint {src}: pick a new directory")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"overrides must be key=value, got {bad} (usage: SRC_CHECKPOINT DST_RUN_DIR [key=value ...])")
     cfg = saved_run_config(src)
     layout = OmegaConf.to_container(cfg.parallel)
     cfg.merge_with(OmegaConf.from_dotlist(overrides))

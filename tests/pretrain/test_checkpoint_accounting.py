@@ -66,3 +66,14 @@ def test_dp_reshardable_resumes_at_another_dp_only():
     # a chained optimizer nests the field per sub-optimizer
     assert saved_sharding({0: {"param_state_sharding_type": "dp_reshardable"}}) == "dp_reshardable"
     assert saved_sharding({"param_groups": []}) is None
+
+
+def test_reshard_tool_refuses_writing_into_its_source_and_stray_arguments(tmp_path):
+    from pretrain.tools.reshard_checkpoint import source_config
+
+    src = tmp_path / "iter_0000010"
+    src.mkdir()
+    with pytest.raises(ValueError, match="inside"):
+        source_config(src, src / "out", [])
+    with pytest.raises(ValueError, match="key=value"):
+        source_config(src, tmp_path / "out", [str(tmp_path / "other")])
