@@ -5,6 +5,7 @@ Layout (``run_dir/checkpoints``)::
     iter_0000100/          megatron dist_checkpointing (torch_dist) directory
         run_config.yaml    the resolved config that wrote it (rebuilds the model)
         common.pt, metadata.json, __*.distcp ...
+        checkpoint_accounting.json  per rank: bytes written, peak extra RSS of the save
         integrity.json     size + xxh3-64 of every other file (written at finalize,
                            verified before every load; see verify_checkpoint)
     latest                 text: "iter_0000100" -- written (temp + os.replace) only
@@ -16,8 +17,16 @@ files do not match integrity.json is moved to ``run_dir/checkpoints_rejected/``
 on auto-resume and the previous one is loaded (:func:`resume_with_fallback`).
 ``python -m pretrain.checkpoint verify DIR`` checks one offline.
 
+Scaling (docs/checkpointing.md): saves go through megatron's fully parallel save wrapper
+(every data-parallel rank writes an even share of the replicated tensors), loads through
+the fully parallel load wrapper (each shard read once in a DP group, then exchanged), the
+sharding of the save is validated on a writer's first save only, and old checkpoints are
+pruned by a background thread on rank 0, off the training path.
+
 State: ``model`` (or ``model0``.. per virtual stage), ``optimizer`` (megatron's
-sharded optimizer state, fully reshardable across TP/PP/DP), ``rng_state``
+sharded optimizer state; ``checkpoint.optimizer_sharding``: dp_reshardable by default,
+written by each rank without a gather, resumable at another DP only; fully_reshardable
+for TP/PP changes, or convert with ``pretrain.tools.reshard_checkpoint``), ``rng_state``
 (one ShardedObject per rank; restored only when the layout is unchanged),
 and plain values ``iteration``, ``consumed_samples``, ``scheduler``,
 ``layout``, ``tokens`` (rank 0 writes these to common.pt).
@@ -31,6 +40,7 @@ import queue
 import random
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,17 +66,104 @@ from pretrain.config.resolve import (  # noqa: F401 (re-exported: one place for 
     saved_run_config,
 )
 
-OPTIMIZER_SHARDING = ("fully_reshardable", "dp_reshardable")
+from pretrain.checkpoint_accounting import (
+    PeakRss,
+    bytes_written_by,
+    count_reads,
+    now,
+    summarize_load,
+    summarize_save,
+)
+
+OPTIMIZER_SHARDING = ("dp_reshardable", "fully_reshardable")
+ACCOUNTING = "checkpoint_accounting.json"
+LOAD_ACCOUNTING = "checkpoint_accounting"  # run_dir/checkpoint_accounting/load_iter_*.json
 
 
 def optimizer_metadata(cfg: DictConfig) -> dict[str, str]:
-    """``checkpoint.optimizer_sharding``: fully_reshardable (TP/PP/DP may change on resume;
-    gathers each model-parallel shard's optimizer state on its DP rank 0 while saving) or
-    dp_reshardable (fully parallel write, only DP may change)."""
+    """``checkpoint.optimizer_sharding``: dp_reshardable (each rank writes its own optimizer
+    shard, no gather; a resume may change DP only) or fully_reshardable (TP/PP/DP may change;
+    megatron all-gathers each TP/PP slice's optimizer state on every DP rank while saving:
+    DP x the rank's shard of host memory, at 52B tens of GB per rank)."""
     kind = cfg.checkpoint.optimizer_sharding
     if kind not in OPTIMIZER_SHARDING:
         raise ValueError(f"checkpoint.optimizer_sharding={kind!r}: use one of {OPTIMIZER_SHARDING}")
     return {"distrib_optim_sharding_type": kind}
+
+
+def _fully_parallel(cfg: DictConfig) -> bool:
+    return bool(cfg.checkpoint.get("fully_parallel", True))
+
+
+def _dp_group():
+    return parallel_state.get_data_parallel_group(with_context_parallel=True)
+
+
+def save_strategy(cfg: DictConfig):
+    """torch_dist, wrapped so the save of replicated tensors is spread over the DP group.
+
+    Without the wrapper only the ranks whose replica_id is 0 (DP rank 0 of each TP/PP slice)
+    write the model weights. ``do_cache_distribution``: the state's structure is the same at
+    every save of a run, so the distribution is computed (one metadata all-gather) once."""
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
+
+    base = get_default_save_sharded_strategy("torch_dist")
+    if not _fully_parallel(cfg):
+        return base
+    return FullyParallelSaveStrategyWrapper(base, _dp_group(), do_cache_distribution=True)
+
+
+def load_strategy(directory: str | Path, cfg: DictConfig | None):
+    """The checkpoint's own strategy, wrapped (DP > 1) so each DP group reads every shard
+    once and exchanges it, instead of every replica reading its full copy."""
+    from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelLoadStrategyWrapper
+
+    base = get_default_load_sharded_strategy(str(directory))
+    if cfg is None or not _fully_parallel(cfg) or dist.get_world_size(_dp_group()) == 1:
+        return base
+    return FullyParallelLoadStrategyWrapper(base, _dp_group())
+
+
+class CheckpointLayoutError(RuntimeError):
+    """A resume the checkpoint's optimizer layout cannot serve (says what to do instead)."""
+
+
+def check_resumable(common: dict, cfg: DictConfig) -> None:
+    """A dp_reshardable optimizer state is the distributed optimizer's flat per-bucket
+    buffers: loadable only with the same TP, PP and virtual stages (DP may change). Raise
+    naming the key and the offline converter instead of megatron's shape assertion."""
+    saved = saved_sharding(common.get("optimizer"))
+    layout, here = common.get("layout") or {}, current_layout(cfg)
+    changed = {k: (layout.get(k), here[k]) for k in ("tp", "pp", "vpp") if layout.get(k, here[k]) != here[k]}
+    if saved == "dp_reshardable" and changed:
+        what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+        raise CheckpointLayoutError(
+            f"checkpoint's optimizer state was saved with checkpoint.optimizer_sharding=dp_reshardable "
+            f"(common.pt optimizer.param_state_sharding_type), which resumes at another DP only; this "
+            f"run changes {what}. Convert it offline on the old layout: torchrun --nproc_per_node="
+            f"{_world_of(layout)} -m pretrain.tools.reshard_checkpoint SRC DST_RUN_DIR (writes "
+            f"fully_reshardable), then resume with checkpoint.load=DST_RUN_DIR/checkpoints/<iter>")
+
+
+def saved_sharding(optimizer_common: Any) -> str | None:
+    """The distributed optimizer's ``param_state_sharding_type`` in common.pt (nested per
+    sub-optimizer for a chained optimizer); None without a distributed optimizer."""
+    if isinstance(optimizer_common, dict):
+        if "param_state_sharding_type" in optimizer_common:
+            return optimizer_common["param_state_sharding_type"]
+        for value in optimizer_common.values():
+            if (found := saved_sharding(value)) is not None:
+                return found
+    return None
+
+
+def _world_of(layout: dict) -> int | str:
+    try:
+        return int(layout["tp"]) * int(layout["pp"]) * int(layout["dp"])
+    except (KeyError, TypeError, ValueError):
+        return "<old world size>"
 
 
 
@@ -361,13 +458,16 @@ def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
 
 
 def sharded_state(model_chunks: list, optimizer, scheduler, progress: TrainProgress, cfg: DictConfig,
-                  with_rng: bool, with_optimizer: bool, is_loading: bool) -> dict[str, Any]:
+                  with_rng: bool, with_optimizer: bool, is_loading: bool,
+                  sharding: str | None = None) -> dict[str, Any]:
+    """The state to save, or the template to load into. ``sharding``: the optimizer layout
+    when it is not the config's (a load follows the layout the checkpoint was saved with)."""
     state: dict[str, Any] = {}
     for i, chunk in enumerate(model_chunks):
         state[_model_key(i, len(model_chunks))] = _unwrap(chunk).sharded_state_dict()
     if with_optimizer and optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=is_loading,
-                                                          metadata=optimizer_metadata(cfg))
+        metadata = {"distrib_optim_sharding_type": sharding} if sharding else optimizer_metadata(cfg)
+        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=is_loading, metadata=metadata)
     if with_rng:
         state["rng_state"] = _rng_sharded_object(_rng_state())
     state["iteration"] = progress.iteration
@@ -383,7 +483,8 @@ def sharded_state(model_chunks: list, optimizer, scheduler, progress: TrainProgr
 # Save
 # ----------------------------------------------------------------------------
 
-def save_synchronously(state: dict, directory: str | Path) -> None:
+def save_synchronously(state: dict, directory: str | Path, sharded_strategy=None,
+                       validate_access_integrity: bool = True) -> None:
     """``dist_checkpointing.save`` with the writers' results collected in this process.
 
     megatron-core 0.16 hands every save a ``multiprocessing.Manager().Queue()``
@@ -399,7 +500,8 @@ def save_synchronously(state: dict, directory: str | Path) -> None:
     manager_queue = filesystem_async._get_write_results_queue
     filesystem_async._get_write_results_queue = queue.Queue
     try:
-        dist_checkpointing.save(state, str(directory))
+        dist_checkpointing.save(state, str(directory), sharded_strategy=sharded_strategy,
+                                validate_access_integrity=validate_access_integrity)
     finally:
         filesystem_async._get_write_results_queue = manager_queue
 
@@ -457,8 +559,12 @@ class CheckpointWriter:
 
     Async: the state is snapshotted to host memory and written by a forked
     process while training continues; :meth:`poll` (called every step, on
-    every rank) finalises finished saves: run_config.yaml, the ``latest``
-    marker, pruning.
+    every rank) finalises finished saves: run_config.yaml, the accounting, integrity.json,
+    the ``latest`` marker; pruning then runs in a background thread on rank 0.
+
+    ``accounting``: iteration -> the save's figures over all ranks (rank 0; see
+    :mod:`pretrain.checkpoint_accounting`), also written per rank to the checkpoint's
+    ``checkpoint_accounting.json`` and put on its ``checkpoint`` metrics row.
     """
 
     def __init__(self, cfg: DictConfig, resolved_config: DictConfig, async_save: bool) -> None:
@@ -466,27 +572,53 @@ class CheckpointWriter:
         self.resolved_config = resolved_config
         self.async_save = async_save
         self.saved: list[int] = []
+        self.accounting: dict[int, dict] = {}
         self._in_flight: Path | None = None  # the async save not finalised yet (named if it fails)
         self._queue = None
+        self._strategy = None    # built at the first save (needs the process groups); cached
+        self._validated = False  # validate_access_integrity on the first save only
+        self._pruner: threading.Thread | None = None
         if async_save:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
             self._queue = AsyncCallsQueue(persistent=False)
 
-    def _finalize(self, iteration: int, directory: Path) -> Callable[[], None]:
+    def _finalize(self, iteration: int, directory: Path, stats: dict) -> Callable[[], None]:
         def finalize() -> None:
-            dist.barrier()
-            if dist.get_rank() == 0:
+            rank, world = dist.get_rank(), dist.get_world_size()
+            dist.barrier()  # every rank's files are on disk
+            written, files = bytes_written_by(directory, rank)
+            per_rank = [None] * world
+            dist.all_gather_object(per_rank, {"rank": rank, "bytes_written": written, "files": files, **stats})
+            if rank == 0:
                 OmegaConf.save(self.resolved_config, directory / RUN_CONFIG, resolve=True)
-            dist.barrier()
-            write_integrity(directory)  # collective: every rank hashes its share of the files
-            if dist.get_rank() == 0:
+                summary = summarize_save(per_rank)
+                self.accounting[iteration] = summary
+                record = {"iteration": iteration, "optimizer_sharding": self.cfg.checkpoint.optimizer_sharding,
+                          "fully_parallel": _fully_parallel(self.cfg), "layout": current_layout(self.cfg),
+                          "summary": summary, "ranks": per_rank}
+                (directory / ACCOUNTING).write_text(json.dumps(record, indent=1) + "\n")
+            write_integrity(directory)  # collective: rank 0 lists the files (after writing them above)
+            if rank == 0:
                 write_latest_marker(self.cfg.run_dir, iteration)
-                prune_checkpoints(self.cfg.run_dir, int(self.cfg.checkpoint.keep_last))
-            dist.barrier()
+                self._prune_in_background()
+            dist.barrier()  # every rank sees the new `latest` (a rollback reads it)
             self.saved.append(iteration)
             self._in_flight = None
         return finalize
+
+    def _prune_in_background(self) -> None:
+        """Rank 0 deletes old checkpoints in a thread: an rmtree of a 52B checkpoint (hundreds
+        of files on a parallel filesystem) takes seconds to minutes that no rank should wait on."""
+        self._join_pruner()
+        self._pruner = threading.Thread(target=prune_checkpoints, name="checkpoint-prune", daemon=True,
+                                        args=(self.cfg.run_dir, int(self.cfg.checkpoint.keep_last)))
+        self._pruner.start()
+
+    def _join_pruner(self) -> None:
+        if self._pruner is not None:
+            self._pruner.join()
+            self._pruner = None
 
     def save(self, model_chunks: list, optimizer, scheduler, progress: TrainProgress) -> Path:
         directory = checkpoints_root(self.cfg.run_dir) / checkpoint_name(progress.iteration)
@@ -496,17 +628,28 @@ class CheckpointWriter:
                 shutil.rmtree(directory)
             directory.mkdir(parents=True)
         dist.barrier()
-        state = sharded_state(model_chunks, optimizer, scheduler, progress, self.cfg,
-                              with_rng=True, with_optimizer=True, is_loading=False)
-        finalize = self._finalize(progress.iteration, directory)
-        if self._queue is None:
-            try:
-                save_synchronously(state, directory)
+        if self._strategy is None:
+            self._strategy = save_strategy(self.cfg)
+        validate, self._validated = not self._validated, True
+        start = now()
+        try:
+            with PeakRss() as rss:
+                state = sharded_state(model_chunks, optimizer, scheduler, progress, self.cfg,
+                                      with_rng=True, with_optimizer=True, is_loading=False)
+                if self._queue is None:
+                    save_synchronously(state, directory, self._strategy, validate)
+                else:
+                    request = dist_checkpointing.save(state, str(directory), sharded_strategy=self._strategy,
+                                                      validate_access_integrity=validate, async_sharded_save=True)
+                del state
+            stats = {"seconds": round(now() - start, 4), "rss_before": rss.before,
+                     "peak_extra_rss": rss.extra, "rss_method": rss.method}
+            finalize = self._finalize(progress.iteration, directory, stats)
+            if self._queue is None:
                 finalize()
-            except (Exception, _checkpoint_exception()) as exc:  # torch DCP's CheckpointException is a BaseException
-                raise save_failed(self.cfg.run_dir, directory, exc) from exc
-        else:
-            request = dist_checkpointing.save(state, str(directory), async_sharded_save=True)
+        except (Exception, _checkpoint_exception()) as exc:  # torch DCP's CheckpointException is a BaseException
+            raise save_failed(self.cfg.run_dir, directory, exc) from exc
+        if self._queue is not None:
             request.add_finalize_fn(finalize)
             self._in_flight = directory
             self._queue.schedule_async_request(request)
@@ -529,11 +672,13 @@ class CheckpointWriter:
     def wait(self) -> None:
         if self._queue is not None:
             self._finalize_async(blocking=True)
+        self._join_pruner()
 
     def close(self) -> None:
         if self._queue is not None:
             self.wait()
             self._queue.close()
+        self._join_pruner()
 
 
 # ----------------------------------------------------------------------------
@@ -559,13 +704,16 @@ def materialize_optimizer_state(optimizer) -> None:
 
 
 def tolerate_torch_adam_step(optimizer) -> None:
-    """Work around megatron-core 0.16's fully_reshardable load with torch's Adam.
+    """Work around megatron-core 0.16's distributed-optimizer loads with torch's Adam.
 
     Without apex/TE megatron falls back to ``torch.optim.AdamW``, whose state
     has a per-param ``step``; the loader sets ``step`` from the param groups but
-    then copies every *destination* state key from the checkpoint tensors,
-    which never hold ``step`` (KeyError). The wrapper (on the instance, only
-    when the method exists) hands the loader the already-restored ``step``.
+    then copies every *destination* state key from the checkpoint tensors:
+    fully_reshardable's never hold ``step`` (KeyError), and dp_reshardable's hold
+    the template's ``step`` (a non-persistent value captured before the load:
+    the fresh optimizer's 1, so the bias correction restarts and a resume is no
+    longer exact). The wrapper (on the instance, only when the method exists)
+    hands the loader the ``step`` already restored from the param groups.
     """
     for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
         setter = getattr(inner, "_set_main_param_and_optimizer_states", None)
@@ -574,12 +722,11 @@ def tolerate_torch_adam_step(optimizer) -> None:
             continue
 
         def tolerant(model_param, tensors, _inner=inner, _setter=setter, _index_map=index_map):
-            if "step" not in tensors:
-                group_index, group_order = _index_map[model_param]
-                main_param = _inner.optimizer.param_groups[group_index]["params"][group_order]
-                step = _inner.optimizer.state.get(main_param, {}).get("step")
-                if step is not None:
-                    tensors = {**tensors, "step": step}
+            group_index, group_order = _index_map[model_param]
+            main_param = _inner.optimizer.param_groups[group_index]["params"][group_order]
+            step = _inner.optimizer.state.get(main_param, {}).get("step")
+            if step is not None:
+                tensors = {**tensors, "step": step}
             return _setter(model_param, tensors)
 
         tolerant._tolerant = True
@@ -603,17 +750,57 @@ def load_checkpoint(directory: Path, model_chunks: list, optimizer, scheduler,
 
     Verifies the files against integrity.json first (collective); raises
     :class:`CheckpointRejected` naming the file on a mismatch, and on any load error
-    (naming the file a size check against torch_dist's ``.metadata`` blames, if any)."""
+    (naming the file a size check against torch_dist's ``.metadata`` blames, if any).
+    A dp_reshardable checkpoint resumed at another TP/PP raises :class:`CheckpointLayoutError`
+    (not blamed on a file: auto-resume does not move it aside). Every rank's read bytes go
+    to ``run_dir/checkpoint_accounting/load_<iter>.json`` and a ``checkpoint_load`` row."""
     directory = Path(directory)
+    start = now()
     problems = verify_checkpoint(directory)
     if problems:
         raise CheckpointRejected(directory, *problems[0], problems=problems)
+    verify_seconds = now() - start
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
     try:
-        return _load_checkpoint(directory, model_chunks, optimizer, scheduler, cfg)
+        with count_reads() as reads:
+            progress = _load_checkpoint(directory, model_chunks, optimizer, scheduler, cfg)
+    except CheckpointLayoutError as error:
+        raise CheckpointRejected(directory, ".", str(error), blamed=False) from error
     except (Exception, CheckpointException) as error:  # noqa: BLE001 (re-raised, naming the file)
         raise _load_error(directory, error, verified=problems == []) from error
+    _account_load(directory, cfg, progress.iteration, reads, start, verify_seconds)
+    return progress
+
+
+def _account_load(directory: Path, cfg: DictConfig, iteration: int, reads: dict, start: float,
+                  verify_seconds: float) -> None:
+    """Collective: gather every rank's read bytes; rank 0 writes the record and the row."""
+    rank, world = _rank_world()
+    metadata = sum((directory / name).stat().st_size for name in ("common.pt", ".metadata")
+                   if (directory / name).is_file())  # every rank reads both
+    integrity = directory / INTEGRITY
+    recorded = json.loads(integrity.read_text())["files"] if integrity.is_file() else {}
+    verify = sum(e["size"] for i, (_, e) in enumerate(sorted(recorded.items())) if i % world == rank)
+    mine = {"rank": rank, "bytes_read": reads["bytes"] + metadata, "data_bytes_read": reads["bytes"],
+            "read_items": reads["items"], "verify_bytes": verify,
+            "verify_seconds": round(verify_seconds, 4), "seconds": round(now() - start, 4)}
+    per_rank = [mine]
+    if world > 1:
+        per_rank = [None] * world
+        dist.all_gather_object(per_rank, mine)
+    if rank != 0:
+        return
+    size = sum((directory / name).stat().st_size for name in checkpoint_files(directory))
+    summary = summarize_load(per_rank, size)
+    out = Path(cfg.run_dir) / LOAD_ACCOUNTING / f"load_{directory.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"checkpoint": str(directory), "layout": current_layout(cfg),
+                               "fully_parallel": _fully_parallel(cfg), "summary": summary,
+                               "ranks": per_rank}, indent=1) + "\n")
+    if iteration > 0:  # a step-0 load (a model-only HF import) starts a fresh log: no row before it
+        append_event(cfg.run_dir, {"event": "checkpoint_load", "step": iteration, "path": str(directory),
+                                   **summary})
 
 
 def _load_error(directory: Path, error: Exception, verified: bool) -> CheckpointRejected:
@@ -633,17 +820,22 @@ def _load_checkpoint(directory: Path, model_chunks: list, optimizer, scheduler,
     common = dist_checkpointing.load_common_state_dict(str(directory))
     if "optimizer" not in common:
         return load_model_only(directory, model_chunks)
+    if optimizer is not None:
+        check_resumable(common, cfg)
     same_layout = common.get("layout") == current_layout(cfg)
+    # the template follows the checkpoint's optimizer layout, whatever this run will save with
     template = sharded_state(model_chunks, optimizer, scheduler, TrainProgress(), cfg,
                              with_rng=same_layout, with_optimizer=optimizer is not None,
-                             is_loading=True)
+                             is_loading=True, sharding=saved_sharding(common.get("optimizer")))
     with torch.no_grad():  # fp32 distributed-optimizer state is loaded into leaf tensors
-        state = dist_checkpointing.load(template, str(directory))
+        state = dist_checkpointing.load(template, str(directory),
+                                        sharded_strategy=load_strategy(directory, cfg))
     for i, chunk in enumerate(model_chunks):
         _unwrap(chunk).load_state_dict(state[_model_key(i, len(model_chunks))])
     if optimizer is not None:
         tolerate_torch_adam_step(optimizer)
-        optimizer.load_state_dict(state["optimizer"])
+        with torch.no_grad():  # dp_reshardable copies into main params, the model's own leaves in fp32
+            optimizer.load_state_dict(state["optimizer"])
         untie_adam_steps(optimizer)
     if scheduler is not None and state.get("scheduler"):
         scheduler.load_state_dict(state["scheduler"])

@@ -154,7 +154,11 @@ class CheckpointConfig:
     save_interval: int = 50               # steps between saves; 0: only at the end
     keep_last: int = 3                    # checkpoints kept (>= 1)
     async_save: bool = True               # write in the background while training continues
-    optimizer_sharding: str = "fully_reshardable"  # | dp_reshardable (faster saves; only DP may change on resume)
+    # dp_reshardable: each rank writes its own optimizer shard (no gather); a resume may change DP only.
+    # fully_reshardable: TP/PP/DP may change, but every save all-gathers each TP/PP slice's optimizer
+    # state on every DP rank (DP x the shard in host RAM). docs/checkpointing.md
+    optimizer_sharding: str = "dp_reshardable"
+    fully_parallel: bool = True           # writes spread over DP ranks; loads read each shard once, then exchange
     load: Optional[str] = "auto"          # auto: resume from run_dir/checkpoints/latest | none | a checkpoint dir
 
 

@@ -2,8 +2,8 @@
 
 The trainer's checkpoints keep every tensor in model space (global shapes,
 layers stacked on a leading axis), optimizer state included when it is
-saved ``fully_reshardable`` (the trainer's default) or by the plain
-optimizer: ``optimizer.state.{param,exp_avg,exp_avg_sq}.<param key>``.  So
+saved ``fully_reshardable`` (``checkpoint.optimizer_sharding``, or converted by
+pretrain.tools.reshard_checkpoint) or by the plain optimizer: ``optimizer.state.{param,exp_avg,exp_avg_sq}.<param key>``.  So
 growth needs no model: load the tensors whole, grow each one
 (:mod:`pretrain.growth.tensors`), and write them back under the same keys
 with the same common state (iteration, consumed samples, Adam step in the
@@ -49,7 +49,8 @@ def _check_layout_free(common: dict[str, Any], source: Path) -> None:
     if sharding not in LAYOUT_FREE_SHARDING:
         raise GrowthConfigError(
             f"{source}: optimizer state saved as {sharding!r}, which is laid out per DP rank; growth needs "
-            "model-space optimizer state: train the stage with checkpoint.optimizer_sharding=fully_reshardable")
+            "model-space optimizer state: convert it with pretrain.tools.reshard_checkpoint (docs/checkpointing.md) "
+            "or train the stage with checkpoint.optimizer_sharding=fully_reshardable")
 
 
 def _stage_scheduler(old: dict[str, Any], train: DictConfig) -> dict[str, Any]:

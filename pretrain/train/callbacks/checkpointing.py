@@ -14,6 +14,13 @@ from pretrain.train.callback import Callback, StepOutcome, TrainerView
 from pretrain.train.callbacks.metrics import Metrics
 
 
+def save_accounting(step, iteration: int) -> dict:
+    """The save's I/O and memory figures (rank 0; pretrain/checkpoint_accounting.py), if the
+    backend's writer measured them: they ride on the ``checkpoint`` row."""
+    accounting = getattr(getattr(step, "writer", None), "accounting", None)
+    return dict(accounting.get(iteration, {})) if isinstance(accounting, dict) else {}
+
+
 def finished_saves(step) -> list[int] | None:
     """Iterations whose save the backend has finalised, or None for a backend whose ``save``
     returns only once the checkpoint is complete (no writer with a ``saved`` list)."""
@@ -45,7 +52,8 @@ class Checkpointing(Callback):
         self.last_saved = progress.iteration
         if log_event:
             if done is None:  # synchronous: complete on disk now
-                self.metrics.event("checkpoint", progress.iteration, path=str(path))
+                self.metrics.event("checkpoint", progress.iteration, path=str(path),
+                                   **save_accounting(trainer.step, progress.iteration))
             else:
                 self._pending[progress.iteration] = (path, before)
                 self.log_finished(trainer)
@@ -60,7 +68,8 @@ class Checkpointing(Callback):
             if iteration in done[since:]:
                 del self._pending[iteration]
                 self.metrics.event("checkpoint", iteration, path=str(path),
-                                   completed_at_step=trainer.progress.iteration)
+                                   completed_at_step=trainer.progress.iteration,
+                                   **save_accounting(trainer.step, iteration))
 
     def wait_and_close(self, trainer: TrainerView) -> None:
         """Finish every save in flight, log their events, release the writer."""

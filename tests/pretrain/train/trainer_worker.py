@@ -48,20 +48,25 @@ GROUPS: dict[str, list[tuple[str, list[list[str]]]]] = {
         # the first 10 steps of pp2's schedule (lr_decay_iters=20). PP2, not TP2+SP: measured
         # 5.6 s vs 9.1 s for these 10 steps on 2 cores (CPU bf16 matmuls are slow).
         ("pp2_bf16", [["parallel=pp2", "train.bf16=true", "train.train_iters=10"]]),
-        # tp2_sp's step-10 checkpoint resumed with TP and PP both changed (TP2 -> 1, PP1 -> 2)
+        # tp2_sp's step-10 checkpoint (dp_reshardable, the default) converted offline by
+        # pretrain.tools.reshard_checkpoint to fully_reshardable, resumed with TP and PP both
+        # changed (TP2 -> 1, PP1 -> 2)
         ("pp2_from_tp2_sp", [["parallel=pp2", "checkpoint.load=${oc.env:RESHARD_FROM}"]]),
     ],
     "eight": [
         # TP2 x PP2 x DP2, sequence parallel, distributed optimizer: the same run as "two"'s tp2_sp.
-        # One checkpoint (at the end), written with dp_reshardable (the others: fully_reshardable).
-        ("tp2pp2dp2", [["parallel=tp2pp2dp2", "checkpoint.save_interval=0",
-                        "checkpoint.optimizer_sharding=dp_reshardable"]]),
+        # Checkpoints at 10 and 20 with the defaults (dp_reshardable, fully parallel save/load).
+        ("tp2pp2dp2", [["parallel=tp2pp2dp2"]]),
+        # its step-10 checkpoint resumed in another run dir: steps 11-20 must equal the straight run's
+        ("tp2pp2dp2_resumed", [["parallel=tp2pp2dp2", "checkpoint.load=${oc.env:RESUME_FROM}"]]),
     ],
 }
 
 
 # scenario -> the earlier scenario of its group whose step-10 checkpoint it loads
-RESHARD_SOURCES = {"pp2_from_tp2_sp": "tp2_sp"}
+RESHARD_SOURCES = {"pp2_from_tp2_sp": "tp2_sp"}       # converted to fully_reshardable first
+RESUME_SOURCES = {"tp2pp2dp2_resumed": "tp2pp2dp2"}   # loaded as saved
+CONVERTED = "{}_fully_reshardable"                    # WORK_DIR/<source>_fully_reshardable: the converted run dir
 
 
 def compose(overrides: list[str]):
@@ -84,6 +89,16 @@ def read_run(run_dir: Path) -> dict:
                             for r in rows if r.get("event") == "start"), {})}
 
 
+def read_accounting(run_dir: Path) -> dict:
+    """What pretrain/checkpoint_accounting.py recorded: per checkpoint the save's summary and
+    per-rank bytes, per load the same; and the ``checkpoint`` metrics rows' figures."""
+    saves = {p.parent.name: json.loads(p.read_text()) for p in (run_dir / "checkpoints").glob("iter_*/checkpoint_accounting.json")}
+    loads = {p.stem: json.loads(p.read_text()) for p in (run_dir / "checkpoint_accounting").glob("load_*.json")}
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    return {"saves": saves, "loads": loads,
+            "checkpoint_rows": [r for r in rows if r.get("event") in ("checkpoint", "checkpoint_load")]}
+
+
 def main() -> None:
     import os
 
@@ -100,7 +115,12 @@ def main() -> None:
         run_dir = work_dir / name
         started = time.time()
         if name in RESHARD_SOURCES:
-            os.environ["RESHARD_FROM"] = str(work_dir / RESHARD_SOURCES[name] / "checkpoints" / "iter_0000010")
+            from pretrain.tools.reshard_checkpoint import reshard
+
+            source = work_dir / RESHARD_SOURCES[name] / "checkpoints" / "iter_0000010"
+            os.environ["RESHARD_FROM"] = str(reshard(source, work_dir / CONVERTED.format(RESHARD_SOURCES[name])))
+        if name in RESUME_SOURCES:
+            os.environ["RESUME_FROM"] = str(work_dir / RESUME_SOURCES[name] / "checkpoints" / "iter_0000010")
         for overrides in runs:
             cfg = compose([f"data.path={data_dir}", f"run_dir={run_dir}", *SMALL_MODEL, *SHORT_RUN, *overrides])
             run(cfg)
@@ -113,6 +133,7 @@ def main() -> None:
                 if (run_dir / "wandb").is_dir() else 0
             resolved = OmegaConf.load(run_dir / "config.yaml")
             results[name]["parallel"] = OmegaConf.to_container(resolved.parallel)
+            results[name]["accounting"] = read_accounting(run_dir)
             results[name]["wall_s"] = round(time.time() - started, 1)
             print(f"scenario {name}: {len(results[name]['losses'])} steps in {results[name]['wall_s']} s", flush=True)
     if dist.get_rank() == 0:
