@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from launch.rehearsal import cluster
-from launch.rehearsal.faults import FAULT_KINDS, FaultContext, FaultSpec
+from launch.rehearsal.faults import FAULT_KINDS, FaultContext, FaultSpec, submit_overrides
 from launch.rehearsal.report import build_report, plot_timeline, recovery
 from launch.rehearsal.watch import Watcher
 
@@ -37,7 +37,9 @@ SIZE_KEYS = ["model.num_layers=4", "model.hidden_size=64", "model.num_attention_
 PRESETS = {
     # TP4 x PP2 x DP2 = 16 ranks, 8 per node: the pipeline boundary crosses nodes; the 3rd node is spare.
     "full": {"cluster_nodes": 3, "job_nodes": 2, "tp": 4, "pp": 2, "dp": 2, "global_batch": 4,
-             "train_iters": 24, "save_interval": 5, "faults": ["sigkill@7:rank=11"]},
+             "train_iters": 24, "save_interval": 5,
+             # a slow rank from the start (named by a stragglers row), a killed rank, a frozen one
+             "faults": ["slow_rank@0:rank=5", "sigkill@7:rank=11", "sigstop@13:rank=13"]},
     # The test: TP1 x PP2 x DP2 = 4 ranks, 2 per node, the pipeline across the two nodes.
     # The end-of-run held-out scoring is cut to a few documents: the test is about recovery.
     "short": {"cluster_nodes": 2, "job_nodes": 2, "tp": 1, "pp": 2, "dp": 2, "global_batch": 4,
@@ -56,10 +58,10 @@ def stage_overrides(p: dict, data: Path, run_dir: Path) -> list[str]:
             "logging.progress=false", *p.get("extra", []), f"data.path={data}", f"run_dir={run_dir}"]
 
 
-def submit(p: dict, data: Path, run_dir: Path, max_restarts: int) -> str:
+def submit(p: dict, data: Path, run_dir: Path, max_restarts: int, extra: list[str] = ()) -> str:
     """``python -m launch stage=pretrain cluster=rehearsal ...`` on the login node; returns the job id."""
     argv = [sys.executable, "-m", "launch", "stage=pretrain", "cluster=rehearsal", f"cluster.nodes={p['job_nodes']}",
-            f"cluster.max_restarts={max_restarts}", *stage_overrides(p, data, run_dir)]
+            f"cluster.max_restarts={max_restarts}", *stage_overrides(p, data, run_dir), *extra]
     done = cluster.login_run(argv, cwd=REPO_ROOT, timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"python -m launch failed (rc {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
@@ -82,7 +84,8 @@ def rehearse(preset: str, out: Path, data: Path | None = None, faults: list[str]
              max_restarts: int = 3, timeout_s: float = 1200, keep_cluster: bool = True,
              cluster_nodes: int | None = None) -> dict:
     p = {**PRESETS[preset], **({"cluster_nodes": cluster_nodes} if cluster_nodes else {})}
-    specs = [FaultSpec.parse(f) for f in (p["faults"] if faults is None else faults)]
+    specs = sorted((FaultSpec.parse(f) for f in (p["faults"] if faults is None else faults)),
+                   key=lambda s: s.after_step)
     out.mkdir(parents=True, exist_ok=True)
     run_dir = out / "run"
     if run_dir.exists():
@@ -92,8 +95,9 @@ def rehearse(preset: str, out: Path, data: Path | None = None, faults: list[str]
     cluster.up(p["cluster_nodes"])
     cluster_up_s = time.time() - t_up
     world = p["tp"] * p["pp"] * p["dp"]
+    fault_overrides = submit_overrides(specs, world)
     submitted_at = time.time()
-    job_id = submit(p, data, run_dir, max_restarts)
+    job_id = submit(p, data, run_dir, max_restarts, fault_overrides)
     print(f"[rehearsal] job {job_id}: {world} ranks on {p['job_nodes']} nodes; run dir {run_dir}", flush=True)
     watcher = Watcher(run_dir, job_id, world)
     pending, fault_rows, state, released = list(specs), [], "", []
@@ -134,7 +138,8 @@ def rehearse(preset: str, out: Path, data: Path | None = None, faults: list[str]
     report = build_report(
         layout={"tp": p["tp"], "pp": p["pp"], "dp": p["dp"], "world_size": world, "nodes": p["job_nodes"],
                 "cluster_nodes": p["cluster_nodes"], "ranks_per_node": world // p["job_nodes"],
-                "experiment": "teleflm_52b", "stage_overrides": stage_overrides(p, data, run_dir),
+                "experiment": "teleflm_52b",
+                "stage_overrides": stage_overrides(p, data, run_dir) + fault_overrides,
                 "max_restarts": max_restarts},
         job=job,
         watcher=watcher, faults=faults_report, train_iters=p["train_iters"], save_interval=p["save_interval"],
@@ -168,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault", action="append", default=None,
                         help=f"KIND@STEP[:rank=R], repeatable; kinds: {', '.join(FAULT_KINDS)} (default: the preset's)")
     parser.add_argument("--no-fault", action="store_true", help="inject nothing")
+    parser.add_argument("--node-down", type=int, default=None, metavar="STEP",
+                        help="also take a node down after STEP (adds node_down@STEP to the faults; a requeue: minutes)")
     parser.add_argument("--max-restarts", type=int, default=3, help="cluster.max_restarts for the job")
     parser.add_argument("--cluster-nodes", type=int, default=None, help="nodes in the cluster (default: the preset's)")
     parser.add_argument("--timeout", type=float, default=1200)
@@ -176,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing := cluster.missing_capability():
         print(f"[rehearsal] cannot run here: {missing}", file=sys.stderr)
         return 2
-    report = rehearse(args.preset, args.out.absolute(), args.data, [] if args.no_fault else args.fault,
+    faults = [] if args.no_fault else args.fault
+    if args.node_down is not None:
+        faults = [*(PRESETS[args.preset]["faults"] if faults is None else faults), f"node_down@{args.node_down}"]
+    report = rehearse(args.preset, args.out.absolute(), args.data, faults,
                       args.max_restarts, args.timeout, keep_cluster=not args.down, cluster_nodes=args.cluster_nodes)
     print(json.dumps({k: report[k] for k in ("job", "startup", "faults")}, indent=1))
     s = report["steps"]

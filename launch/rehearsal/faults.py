@@ -92,11 +92,56 @@ def node_down(ctx: FaultContext) -> Injected:
                                               "netns": netns, "processes_killed": len(pids)})
 
 
+def sigstop_rank(ctx: FaultContext) -> Injected:
+    """SIGSTOP one rank (found as sigkill finds it, signalled from outside): the process stays
+    alive and silent, its peers block in the next collective. Nothing outside the trainer
+    notices; the hang watchdog (``train.fault.hang_timeout_s``) of a peer names the frozen rank
+    in a ``hang`` row and exits 79, and torchrun restarts the workers in the allocation
+    (SIGKILL reaches a stopped process)."""
+    victim = _pick_rank(ctx)
+    os.kill(victim.pid, signal.SIGSTOP)
+    return Injected(time=time.time(), target={"rank": victim.rank, "pid": victim.pid, "host": victim.host,
+                                              "signal": "SIGSTOP"})
+
+
+def slow_rank(ctx: FaultContext) -> Injected:
+    """A slow rank: the damage is done by the trainer's test-only knobs passed at submit time
+    (:func:`submit_overrides`), so this only records which process carries it. No restart; the
+    record is the first ``stragglers`` row that names the rank."""
+    victim = _pick_rank(ctx)
+    return Injected(time=time.time(), target={"rank": victim.rank, "pid": victim.pid, "host": victim.host,
+                                              "knobs": submit_overrides([ctx.spec])})
+
+
+SLOW_RANK_DELAY_S = 1.0      # CPU burnt per step by the slow rank (a 16-rank step here is ~0.1-0.5 s of CPU)
+HANG_TIMEOUT_S = 25          # the watchdog's step timeout when a sigstop is planned
+SLOW_TIMEOUT_S = 900         # start-up, first step, saves: generous, the 2-core machine is loaded
+
+
+def submit_overrides(specs: list[FaultSpec], world_size: int | None = None) -> list[str]:
+    """Trainer overrides the planned faults need at submit time: the watchdog's timeouts for a
+    sigstop, the straggler report and the slow-rank knobs for a slow_rank. None for the other
+    kinds, so a sigkill-only run is configured exactly as before."""
+    out: list[str] = []
+    if any(s.kind == "sigstop" for s in specs):
+        out += [f"train.fault.hang_timeout_s={HANG_TIMEOUT_S}", f"train.fault.slow_timeout_s={SLOW_TIMEOUT_S}"]
+    slow = [s for s in specs if s.kind == "slow_rank"]
+    if slow:
+        if len(slow) > 1:
+            raise ValueError("one slow_rank fault per rehearsal (the knob names one rank)")
+        rank = slow[0].rank if slow[0].rank is not None else (world_size - 1 if world_size else None)
+        if rank is None:
+            raise ValueError("slow_rank needs :rank=R")
+        out += [f"train.fault.inject_slow_rank={rank}", f"train.fault.inject_delay_s={SLOW_RANK_DELAY_S}",
+                "train.fault.straggler_interval=2"]
+    return out
+
+
 FaultKind = Callable[[FaultContext], Injected]
 
-# Kinds not here yet (planned; each is one function like these): "sigstop" (a hung rank, for the
-# hang watchdog), "slow_rank" (the straggler report).
 FAULT_KINDS: dict[str, FaultKind] = {
     "sigkill": sigkill_rank,
     "node_down": node_down,
+    "sigstop": sigstop_rank,
+    "slow_rank": slow_rank,
 }

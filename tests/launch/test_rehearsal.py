@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from launch.rehearsal import cluster
-from launch.rehearsal.faults import FaultSpec
-from launch.rehearsal.report import metrics_steps
+from launch.rehearsal.faults import FAULT_KINDS, FaultSpec, Injected, submit_overrides
+from launch.rehearsal.report import checkpoint_section, metrics_steps, straggler_record
 from tests.launch.slurm_cluster import REPO_ROOT
 
 
@@ -46,8 +46,65 @@ def test_bad_max_restarts_names_the_key(overrides, message):
 
 def test_fault_spec_parses_and_rejects_unknown_kinds():
     assert FaultSpec.parse("sigkill@7:rank=11") == FaultSpec("sigkill", 7, 11)
-    with pytest.raises(ValueError, match="unknown kind 'sigstop'"):
-        FaultSpec.parse("sigstop@3")
+    assert FaultSpec.parse("sigstop@13:rank=13") == FaultSpec("sigstop", 13, 13)
+    assert FaultSpec.parse("slow_rank@0") == FaultSpec("slow_rank", 0, None)
+    assert {"sigkill", "sigstop", "slow_rank", "node_down"} <= set(FAULT_KINDS)
+    with pytest.raises(ValueError, match="unknown kind 'sigterm'"):
+        FaultSpec.parse("sigterm@3")
+    with pytest.raises(ValueError, match="expected KIND@STEP"):
+        FaultSpec.parse("sigstop")
+
+
+def test_submit_overrides_only_for_the_kinds_that_need_them():
+    assert submit_overrides([FaultSpec("sigkill", 4, 3)], 4) == []   # the suite's run is configured as before
+    stop = submit_overrides([FaultSpec("sigstop", 4, 3)], 4)
+    assert any(o.startswith("train.fault.hang_timeout_s=") for o in stop)
+    assert any(o.startswith("train.fault.slow_timeout_s=") for o in stop)
+    slow = submit_overrides([FaultSpec("slow_rank", 0, None)], 16)
+    assert "train.fault.inject_slow_rank=15" in slow and "train.fault.straggler_interval=2" in slow
+    with pytest.raises(ValueError, match="one slow_rank"):
+        submit_overrides([FaultSpec("slow_rank", 0, 1), FaultSpec("slow_rank", 0, 2)], 4)
+
+
+def test_straggler_record_names_rank_host_and_steps():
+    spec, injected = FaultSpec("slow_rank", 0, 5), Injected(time=100.0, target={"rank": 5, "host": "n1"})
+    events = [{"event": "stragglers", "step": 2, "time": 101.0, "stragglers": [{"rank": 2, "host": "n0"}]},
+              {"event": "stragglers", "step": 4, "time": 103.5, "median_busy_s": 0.2,
+               "stragglers": [{"rank": 5, "host": "n1", "ratio": 6.1}]}]
+    record = straggler_record(events, [{"step": 1}], spec, injected, 0)
+    assert record["detected_by"]["rank"] == 5 and record["detected_by"]["host"] == "n1"
+    assert record["steps_after_injection"] == 4 and record["detection_s"] == 3.5 and record["recovered"]
+    assert not straggler_record(events[:1], [{"step": 1}], spec, injected, 0)["recovered"]
+
+
+def _accounting(run_dir: Path, iteration: int, written: list[int], rss: list[int]) -> None:
+    d = run_dir / "checkpoints" / f"iter_{iteration:07d}"
+    d.mkdir(parents=True)
+    ranks = [{"rank": r, "bytes_written": w, "peak_extra_rss": m} for r, (w, m) in enumerate(zip(written, rss))]
+    (d / "checkpoint_accounting.json").write_text(json.dumps({"iteration": iteration, "ranks": ranks}))
+
+
+def test_checkpoint_section_from_synthetic_accounting_files(tmp_path):
+    _accounting(tmp_path, 5, [300, 100, 0, 0], [100, 50, 0, 0])       # holders: 300 vs mean 200 -> 1.5
+    _accounting(tmp_path, 10, [200, 200, 0, 0], [250, 10, 0, 0])      # share 100: rss 2.5 > 2
+    loads = tmp_path / "checkpoint_accounting"
+    loads.mkdir()
+    (loads / "load_iter_0000005.json").write_text(json.dumps({
+        "checkpoint": str(tmp_path / "checkpoints" / "iter_0000005"),
+        "summary": {"checkpoint_bytes": 400, "bytes_read_total": 420, "read_ratio": 1.05},
+        "ranks": [{"rank": r, "bytes_read": b} for r, b in enumerate([120, 100, 100, 100])]}))
+    section = checkpoint_section(tmp_path, projection={"layout": "x"})
+    assert [s["iteration"] for s in section["saves"]] == [5, 10]
+    assert section["saves"][0]["ranks_holding_state"] == 2 and section["saves"][0]["write_balance"] == 1.5
+    assert section["saves"][0]["ranks"][0] == {"rank": 0, "bytes_written": 300, "peak_extra_rss": 100,
+                                               "peak_extra_rss_over_share": 1.0}
+    ratios = section["ratios"]
+    assert ratios["write_balance"] == {"worst": 1.5, "limit": 1.5, "n": 2, "pass": True}
+    assert ratios["read_ratio"]["worst"] == 1.05 and ratios["read_ratio"]["pass"]
+    assert ratios["peak_extra_rss_over_share"]["worst"] == 2.5 and ratios["peak_extra_rss_over_share"]["pass"] is False
+    assert section["loads"][0]["ranks"][0]["bytes_read"] == 120 and section["projection_52b"] == {"layout": "x"}
+    empty = checkpoint_section(tmp_path / "none")
+    assert empty["ratios"]["read_ratio"]["pass"] is None
 
 
 @pytest.mark.timeout(420)
