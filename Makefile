@@ -47,9 +47,10 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow"
 
 # A multi-node rehearsal on an emulated 3-node Slurm (root; docs/rehearsal.md):
-# runs/rehearsal/rehearsal.json and timeline.png. The cluster stays up; `bash scripts/rehearsal/cluster.sh down`.
+# runs/rehearsal/rehearsal.json and timeline.png. Faults: slow_rank, sigkill, sigstop (the full preset's);
+# `make rehearsal NODE_DOWN=19` adds node_down after step 19. The cluster stays up; `bash scripts/rehearsal/cluster.sh down`.
 rehearsal: $(STAMP)
-	$(PY) -m launch.rehearsal --out runs/rehearsal
+	$(PY) -m launch.rehearsal --out runs/rehearsal $(if $(NODE_DOWN),--node-down $(NODE_DOWN))
 
 clean:
 	rm -rf runs outputs multirun
