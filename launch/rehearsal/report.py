@@ -178,7 +178,8 @@ def build_report(*, layout: dict[str, Any], job: dict[str, Any], watcher: Watche
                                              if first and first.first_step_time else None),
             "fresh_process_start_to_first_step_s": (round(first.first_step_time - first.started_at, 2)
                                                     if first and first.first_step_time else None),
-            "resume_process_start_to_first_step_s": [f["restart_startup_s"] for f in faults],
+            "resume_process_start_to_first_step_s": [f["restart_startup_s"] for f in faults
+                                                     if "restart_startup_s" in f],   # a slow_rank has none
         },
         "attempts": [{"index": a.index, "started_at": round(a.started_at, 3), "first_step": a.first_step,
                       "restart_counts": sorted({r.restart_count for r in a.ranks}),
