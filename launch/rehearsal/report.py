@@ -244,8 +244,8 @@ def plot_timeline(report: dict[str, Any], submitted_at: float, path: Path) -> No
             if fault.get("detection_s") is not None:
                 what += f"\nhang row +{fault['detection_s']} s"
         ax.annotate(f"{fault['kind']} rank {target.get('rank')} on {target.get('host')}\n{what}",
-                    (x, fault["last_step_before"]), textcoords="offset points", xytext=(5, 10), fontsize=8,
-                    color=colour)
+                    (x, max(1, fault["last_step_before"])), textcoords="offset points", xytext=(5, 10), fontsize=8,
+                    color=colour)   # max: a slow_rank's step 0 lies below the axis and would not be drawn
     layout = report["layout"]
     ax.set_title(f"rehearsal: TP{layout['tp']} x PP{layout['pp']} x DP{layout['dp']} = {layout['world_size']} ranks "
                  f"on {layout['nodes']} nodes")
