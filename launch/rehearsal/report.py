@@ -39,7 +39,9 @@ def detection(events: list[dict[str, Any]], spec: FaultSpec, injected: Injected)
     return {"detected_by": {k: hang.get(k) for k in ("event", "step", "kind", "ranks", "detected_by", "phase",
                                                       "timeout_s", "detected_after_s")},
             "detection_s": round(hang["time"] - injected.time, 2),
-            "named_frozen_rank": injected.target.get("rank") in named}
+            "named_frozen_rank": injected.target.get("rank") in named,
+            # ranks the row names besides the stopped one: healthy ranks named frozen (0: the row is exact)
+            "also_named": sorted(r for r in named if r != injected.target.get("rank"))}
 
 
 def straggler_record(events: list[dict[str, Any]], steps: list[dict[str, Any]], spec: FaultSpec,

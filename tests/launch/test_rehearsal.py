@@ -77,6 +77,17 @@ def test_straggler_record_names_rank_host_and_steps():
     assert not straggler_record(events[:1], [{"step": 1}], spec, injected, 0)["recovered"]
 
 
+def test_sigstop_detection_is_the_first_hang_row_after_the_fault():
+    from launch.rehearsal.report import detection
+
+    injected = Injected(time=100.0, target={"rank": 13, "host": "n2"})
+    events = [{"event": "hang", "time": 50.0, "ranks": [{"rank": 1}]},
+              {"event": "hang", "time": 125.5, "step": 14, "ranks": [{"rank": 0}, {"rank": 13, "host": "n2"}]}]
+    found = detection(events, FaultSpec("sigstop", 13, 13), injected)
+    assert found["detection_s"] == 25.5 and found["named_frozen_rank"] and found["also_named"] == [0]
+    assert detection(events, FaultSpec("sigkill", 13, 13), injected)["detected_by"] is None
+
+
 def _accounting(run_dir: Path, iteration: int, written: list[int], rss: list[int]) -> None:
     d = run_dir / "checkpoints" / f"iter_{iteration:07d}"
     d.mkdir(parents=True)
