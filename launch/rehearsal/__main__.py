@@ -31,8 +31,8 @@ FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 # the run's length and checkpoint cadence. checkpoint.async_save=false: on two shared cores the
 # async writer finalises a checkpoint several steps late, so a fault would lose more than a save
 # interval for a reason that is this machine's, not the recovery path's (docs/rehearsal.md).
-SIZE_KEYS = ["model.num_layers=4", "model.hidden_size=64", "model.num_attention_heads=4",
-             "model.num_query_groups=4", "model.kv_channels=16", "model.ffn_hidden_size=172",
+SIZE_KEYS = ["model.num_layers=4", "model.hidden_size=256", "model.num_attention_heads=4",
+             "model.num_query_groups=4", "model.kv_channels=64", "model.ffn_hidden_size=688",
              "model.seq_length=64", "model.vocab_size=512", "train.micro_batch_size=1"]
 PRESETS = {
     # TP4 x PP2 x DP2 = 16 ranks, 8 per node: the pipeline boundary crosses nodes; the 3rd node is spare.

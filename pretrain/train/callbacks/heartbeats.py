@@ -34,7 +34,7 @@ class Heartbeat:
     rank: int
     host: str
     pid: int
-    attempt: str        # torchrun's run id and restart count: a file from an earlier attempt is not a peer
+    attempt: str        # torchrun's run id and this round's rendezvous address: a file from an earlier attempt is not a peer
     step: int           # the 1-based step the main thread is in (or last finished, phase "after_step")
     phase: str          # start | step | after_step | end
     progress_time: float  # time.time() when the main thread entered this step/phase
@@ -45,8 +45,18 @@ class Heartbeat:
 
 
 def attempt_id() -> str:
-    """``<TORCHELASTIC_RUN_ID>/<TORCHELASTIC_RESTART_COUNT>`` (``local/0`` outside torchrun)."""
-    return f"{os.environ.get('TORCHELASTIC_RUN_ID', 'local')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    """``<TORCHELASTIC_RUN_ID>/<MASTER_ADDR>:<MASTER_PORT>`` (``local/...`` outside torchrun): the same
+    on every rank of one attempt, different after a restart.
+
+    Not torchrun's ``TORCHELASTIC_RESTART_COUNT``: it counts per agent, so after one node's
+    workers failed it reads 1 there and 0 on the other nodes (measured in the rehearsal), and
+    each node took the other's heartbeats for a stale attempt's, naming healthy ranks. The
+    rendezvous address is agreed by all agents each round; with a store per round
+    (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, set by our launchers whenever restarts are on)
+    the port is a fresh one each time.
+    """
+    endpoint = f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+    return f"{os.environ.get('TORCHELASTIC_RUN_ID', 'local')}/{endpoint}"
 
 
 def heartbeat_dir(run_dir: str | Path) -> Path:
