@@ -29,7 +29,7 @@ removed with it. Each document is known here by ``dedup_key``: its input id,
 then its pipeline ``doc_id`` (``<file key>:<line>``, unique in a run), so
 which documents go depends only on their content and the survivor of a
 cluster is still the one with the smallest input id. Repeated input ids are
-counted (``count_input_ids``) for the report.
+counted for the report (``dedup.count_input_ids``, shared by both).
 
 Exact-duplicate clusters are resolved first; near-duplicate clusters are then
 formed over what is left, so each removed document gets one honest reason.
@@ -37,7 +37,6 @@ formed over what is left, so each removed document gets one honest reason.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -48,7 +47,6 @@ NEAR = "near_duplicate"
 # Buckets up to this size emit every pair (at most 120); larger ones, a star. True duplicates share
 # many buckets, so a star in a big bucket still connects them through their other, smaller buckets.
 ALL_PAIRS_MAX_BUCKET = 16
-MAX_ID_EXAMPLES = 3  # repeated input ids named in the report
 
 
 def dedup_keys(table: pa.Table) -> np.ndarray:
@@ -253,49 +251,3 @@ def find_duplicates(part_files: list[str], cfg: Any) -> tuple[dict[str, str], di
     removed = {doc_id_of(key): reason for key, reason in removals_from_pairs(exact_pairs, near_pairs).items()}
     return removed, {"exact_pairs": len(exact_pairs), "near_candidate_pairs": len(near_candidates),
                      "near_verified_pairs": len(near_pairs)}
-
-
-def map_input_ids(path: str, num_partitions: int) -> list[np.ndarray]:
-    """Input ids of one stage-1 file's records (not quarantine rows), split into ``num_partitions`` by hash."""
-    import pyarrow.parquet as pq
-    import xxhash
-
-    table = pq.read_table(path, columns=["id", "status"])
-    ids = table.filter(pa.compute.not_equal(table.column("status"), "quarantined")).column("id").to_pylist()
-    part = np.fromiter((xxhash.xxh64_intdigest(i.encode("utf-8", "surrogatepass")) % num_partitions for i in ids),
-                       dtype=np.int64, count=len(ids))
-    values = np.asarray(ids, dtype=object)
-    return [values[part == p] for p in range(num_partitions)]
-
-
-def reduce_input_ids(*parts: np.ndarray) -> tuple[int, int, list[str]]:
-    """(ids seen more than once, records carrying them, a few of them) in one partition."""
-    from collections import Counter
-
-    counts = Counter(x for p in parts for x in p.tolist())
-    repeated = sorted(i for i, n in counts.items() if n > 1)
-    return len(repeated), sum(counts[i] for i in repeated), [i[:200] for i in repeated[:MAX_ID_EXAMPLES]]
-
-
-def count_input_ids(part_files: list[str], cfg: Any) -> dict:
-    """How many input ids are repeated (across or within files): the report's ``input_ids``."""
-    import ray
-
-    num_partitions = max(1, int(cfg.dedup.shuffle_partitions))
-    if not part_files:
-        return {"repeated": 0, "records": 0, "examples": []}
-    map_task = ray.remote(map_input_ids).options(num_returns=num_partitions, num_cpus=1)
-    reduce_task = ray.remote(reduce_input_ids).options(num_cpus=1)
-    mapped = [map_task.remote(p, num_partitions) for p in part_files]
-    if num_partitions == 1:
-        mapped = [[m] for m in mapped]
-    results = ray.get([reduce_task.remote(*[m[p] for m in mapped]) for p in range(num_partitions)])
-    examples = sorted(x for _, _, ex in results for x in ex)[:MAX_ID_EXAMPLES]
-    return {"repeated": sum(r[0] for r in results), "records": sum(r[1] for r in results), "examples": examples}
-
-
-def stage1_part_files(work: Path, keys: list[str]) -> list[str]:
-    files: list[str] = []
-    for key in keys:
-        files.extend(sorted(str(p) for p in (work / "stage1" / key).glob("*.parquet")))
-    return files
