@@ -45,8 +45,18 @@ def _bucket_rows(file_index: int, path: str, exact: bool, fuzzy: bool) -> tuple[
     table = pq.read_table(path, columns=["status", "exact_hash", "bands"])
     rows = np.flatnonzero(pc.equal(table.column("status"), "kept").to_numpy(zero_copy_only=False))
     kept = table.take(pa.array(rows))
-    ids = doc_ids(file_index, rows)
-    keys, kinds, out_ids = [np.empty(0, np.uint64)], [np.empty(0, np.int8)], [np.empty(0, np.int64)]
+    keys, kinds, out_ids = bucket_entries(kept, doc_ids(file_index, rows), exact, fuzzy)
+    return (np.concatenate([np.empty(0, np.uint64), *keys]), np.concatenate([np.empty(0, np.int8), *kinds]),
+            np.concatenate([np.empty(0, np.int64), *out_ids]))
+
+
+def bucket_entries(kept: pa.Table, ids: np.ndarray, exact: bool,
+                   fuzzy: bool) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The definition of a bucket, shared with the legacy reference: (key, kind) pieces per document,
+    kind 0 an exact-hash bucket, kind 1 an LSH band bucket (equal hashes of the two kinds never meet)."""
+    keys: list[np.ndarray] = []
+    kinds: list[np.ndarray] = []
+    out_ids: list[np.ndarray] = []
     if exact and len(kept):
         keys.append(kept.column("exact_hash").to_numpy(zero_copy_only=False).astype(np.uint64))
         kinds.append(np.zeros(len(kept), dtype=np.int8))
@@ -57,7 +67,7 @@ def _bucket_rows(file_index: int, path: str, exact: bool, fuzzy: bool) -> tuple[
         keys.append(pc.list_flatten(bands).to_numpy(zero_copy_only=False).astype(np.uint64))
         kinds.append(np.ones(int(lengths.sum()), dtype=np.int8))
         out_ids.append(np.repeat(ids, lengths))
-    return np.concatenate(keys), np.concatenate(kinds), np.concatenate(out_ids)
+    return keys, kinds, out_ids
 
 
 def bucket_pairs(keys: np.ndarray, kinds: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

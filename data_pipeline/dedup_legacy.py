@@ -111,20 +111,10 @@ def bucket_rows(table: pa.Table, exact: bool, fuzzy: bool) -> tuple[np.ndarray, 
     kind 0 is an exact-hash bucket, kind 1 an LSH band bucket; the pair (key, kind) is the
     bucket, so an exact hash and a band hash that happen to be equal never meet.
     """
+    from data_pipeline.dedup_buckets import bucket_entries
+
     kept = table.filter(pa.compute.equal(table.column("status"), "kept"))
-    ids = dedup_keys(kept)
-    keys, kinds, out_ids = [], [], []
-    if exact and len(kept):
-        keys.append(kept.column("exact_hash").to_numpy(zero_copy_only=False).astype(np.uint64))
-        kinds.append(np.zeros(len(kept), dtype=np.int8))
-        out_ids.append(ids)
-    if fuzzy and len(kept):
-        bands = kept.column("bands")
-        lengths = pa.compute.list_value_length(bands).to_numpy(zero_copy_only=False).astype(np.int64)
-        flat = pa.compute.list_flatten(bands).to_numpy(zero_copy_only=False).astype(np.uint64)
-        keys.append(flat)
-        kinds.append(np.ones(len(flat), dtype=np.int8))
-        out_ids.append(np.repeat(ids, lengths))
+    keys, kinds, out_ids = bucket_entries(kept, dedup_keys(kept), exact, fuzzy)
     if not keys:
         return np.empty(0, np.uint64), np.empty(0, np.int8), np.empty(0, object)
     return np.concatenate(keys), np.concatenate(kinds), np.concatenate(out_ids)
