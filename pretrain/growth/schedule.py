@@ -165,7 +165,9 @@ def schedule_overrides(stage: Stage, start_iteration: int, iters: int, total_sam
     out = [f"run_dir={run_dir / stage.dir_name}", f"train.train_iters={start_iteration + iters}",
            f"train.lr={stage.lr}", f"train.min_lr={stage.min_lr}",
            f"train.lr_warmup_iters={stage.warmup_iters}",
-           f"train.lr_decay_iters={stage.lr_decay_iters or iters}", f"data.train_samples={total_samples}"]
+           f"train.lr_decay_iters={stage.lr_decay_iters or iters}", f"data.train_samples={total_samples}",
+           # growth reads the optimizer state in model space (grow.py refuses dp_reshardable)
+           "checkpoint.optimizer_sharding=fully_reshardable"]
     if stage.lr_decay_style:
         out.append(f"train.lr_decay_style={stage.lr_decay_style}")
     return out
