@@ -48,6 +48,9 @@ def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: b
     spike_log = SpikeLog(cfg.run_dir, dist.get_rank(), metrics)
     checkpointing = Checkpointing(cfg.checkpoint.save_interval, metrics, resumed)
     stages = stages_from(cfg)
+    buckets = OmegaConf.to_container(t.heldout_position_buckets) if t.heldout_position_buckets else None
+    heldout = HeldoutEvaluator(manifest, cfg.model.seq_length, t.micro_batch_size, t.heldout_max_documents,
+                               buckets)
     weights = OmegaConf.to_container(cfg.data.weights) if cfg.data.weights else None
     # first: the batch size and the mixture of a step are settled before anything else looks at it
     # the watchdog's after_step first: evaluation and saves below run under train.fault.slow_timeout_s
@@ -58,7 +61,7 @@ def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: b
     if rank_faults is not None:   # test-only (docs/fault_tolerance.md)
         callbacks.append(rank_faults)
     if growth_block(cfg) is not None:
-        callbacks.append(GrowthRamp(cfg))
+        callbacks.append(GrowthRamp(cfg, heldout, metrics))  # m per step; held-out at m = 0
     kind, step = fault_from(cfg)
     if kind != "none":
         callbacks.append(FaultInjection(kind, step, spike_log))
@@ -70,9 +73,6 @@ def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: b
         callbacks.append(StragglerReport(t.fault.straggler_interval, t.fault.straggler_factor, metrics))
     if has_valid and t.eval_interval:
         callbacks.append(ValidLoss(t.eval_interval, t.eval_iters, metrics))
-    buckets = OmegaConf.to_container(t.heldout_position_buckets) if t.heldout_position_buckets else None
-    heldout = HeldoutEvaluator(manifest, cfg.model.seq_length, t.micro_batch_size, t.heldout_max_documents,
-                               buckets)
     callbacks += [HeldoutBPB(heldout, t.bpb_interval, metrics, Path(cfg.run_dir)),
                   checkpointing, SaveAndRequeueOnSignal(checkpointing)]
     return callbacks, metrics
