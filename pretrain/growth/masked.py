@@ -18,11 +18,16 @@ value), so the state dict is exactly the plain model's: a checkpoint written
 after the ramp loads into :func:`pretrain.model.teleflm.build_model` unchanged, and
 at m = 1 every masked module takes its plain code path.  The ramp value is a
 function of the iteration (:func:`ramp_value`), which the checkpoint holds.
+
+Both layer specs carry the masks (:func:`masked_layer_spec`): the norms and the layer are
+masked classes in the spec; the row-parallel projections and the embedding get their masks as
+forward hooks (:func:`attach_growth`), whichever class (local or TransformerEngine) built them.
 """
 
 from __future__ import annotations
 
 import copy
+from functools import partial
 from typing import Iterable
 
 import torch
@@ -31,8 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
-from megatron.core.tensor_parallel import RowParallelLinear
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
@@ -69,26 +74,6 @@ class MaskedRMSNorm(torch.nn.RMSNorm):
         return (xf * torch.rsqrt(mean_square + self.eps)).to(x.dtype) * self.weight
 
 
-class MaskedRowParallelLinear(RowParallelLinear):
-    """Row-parallel output projection with masks on its input channels (new heads / FFN
-    units, this TP rank's slice) and on its output (new hidden dims)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.register_buffer("growth_new_inputs", None, persistent=False)
-        self.register_buffer("growth_new_outputs", None, persistent=False)
-        self.growth_ramp = 1.0
-
-    def forward(self, input_: torch.Tensor, *args, **kwargs):
-        masking = self.growth_ramp < 1.0
-        if masking and self.growth_new_inputs is not None:
-            input_ = input_ * _mask(self.growth_new_inputs, self.growth_ramp, input_.dtype)
-        output, bias = super().forward(input_, *args, **kwargs)
-        if masking and self.growth_new_outputs is not None:
-            output = output * _mask(self.growth_new_outputs, self.growth_ramp, output.dtype)
-        return output, bias
-
-
 class MaskedTransformerLayer(TransformerLayer):
     """A layer that, when new, computes ``h + m·(Layer(h) − h)`` (MSG depth growth)."""
 
@@ -105,22 +90,40 @@ class MaskedTransformerLayer(TransformerLayer):
         return output, context
 
 
-def masked_layer_spec():
-    """The local Tele-FLM layer spec with the masked norm / projections / layer swapped in."""
+def masked_layer_spec(use_transformer_engine: bool = False) -> ModuleSpec:
+    """The Tele-FLM layer spec (local or TransformerEngine) with MSG's masked pieces swapped in.
+
+    Both specs get a :class:`MaskedRMSNorm` as ``input_layernorm``/``pre_mlp_layernorm`` and
+    :class:`MaskedTransformerLayer` as the layer.  megatron's TE spec fuses those norms into
+    ``TELayerNormColumnParallelLinear`` (``linear_qkv``, ``linear_fc1``), whose statistic cannot be
+    masked, so the masked TE spec un-fuses them: a separate masked norm + ``TEColumnParallelLinear``.
+    The checkpoint keys stay the TE spec's (``...linear_qkv.layer_norm_weight``) through the
+    layer's ``sharded_state_dict_keys_map``, the same map megatron's local spec carries.  The masks
+    on the ``linear_proj``/``linear_fc2`` inputs and outputs are forward hooks that
+    :func:`attach_growth` adds to whichever row-parallel linear the spec built (local or TE), so
+    those entries stay the base spec's.
+    """
     from pretrain.model.teleflm import layer_spec
 
-    spec = copy.deepcopy(layer_spec(use_transformer_engine=False))
+    spec = copy.deepcopy(layer_spec(use_transformer_engine))
+    layer = spec.submodules
     spec.module = MaskedTransformerLayer
-    spec.submodules.input_layernorm = MaskedRMSNorm
-    spec.submodules.pre_mlp_layernorm = MaskedRMSNorm
-    spec.submodules.self_attention.submodules.linear_proj = MaskedRowParallelLinear
-    spec.submodules.mlp.submodules.linear_fc2 = MaskedRowParallelLinear
+    layer.input_layernorm = MaskedRMSNorm
+    layer.pre_mlp_layernorm = MaskedRMSNorm
+    if use_transformer_engine:
+        from megatron.core.extensions.transformer_engine import TEColumnParallelLinear
+
+        layer.self_attention.submodules.linear_qkv = TEColumnParallelLinear
+        layer.mlp.submodules.linear_fc1 = TEColumnParallelLinear
+        layer.sharded_state_dict_keys_map = dict(layer_spec(False).submodules.sharded_state_dict_keys_map)
     return spec
 
 
-def masked_block_spec(config: TransformerConfig, vp_stage: int | None) -> TransformerBlockSubmodules:
+def masked_block_spec(config: TransformerConfig, vp_stage: int | None,
+                      use_transformer_engine: bool = False) -> TransformerBlockSubmodules:
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
-    return TransformerBlockSubmodules(layer_specs=[masked_layer_spec()] * num_layers, layer_norm=MaskedRMSNorm)
+    return TransformerBlockSubmodules(layer_specs=[masked_layer_spec(use_transformer_engine)] * num_layers,
+                                      layer_norm=MaskedRMSNorm)
 
 
 # ----------------------------------------------------------------------------
@@ -134,17 +137,42 @@ def _new_from(old: int, new: int) -> torch.Tensor | None:
     return (torch.arange(new) >= old).float()
 
 
-def _tp_slice(full: torch.Tensor | None, local_size: int) -> torch.Tensor | None:
+def _tp_slice(full: torch.Tensor | None) -> torch.Tensor | None:
+    """This TP rank's share of a row-parallel linear's input mask (its input is split across TP)."""
     if full is None:
         return None
+    local_size = full.numel() // parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
     return full[rank * local_size:(rank + 1) * local_size].clone()
 
 
-def _embedding_mask_hook(module, _inputs, output):
-    if module.growth_new_dims is None or module.growth_ramp >= 1.0:
+def _mask_input_hook(module, args):
+    """Forward pre-hook: new heads' / FFN units' channels of a row-parallel linear's input × m."""
+    if module.growth_new_inputs is None or module.growth_ramp >= 1.0:
+        return None
+    return (args[0] * _mask(module.growth_new_inputs, module.growth_ramp, args[0].dtype), *args[1:])
+
+
+def _mask_output_hook(module, _inputs, output):
+    """Forward hook: new hidden dims of the output × m (a tensor, or megatron's ``(out, bias)``)."""
+    if module.growth_new_outputs is None or module.growth_ramp >= 1.0:
         return output
-    return output * _mask(module.growth_new_dims, module.growth_ramp, output.dtype)
+    if isinstance(output, tuple):
+        return (output[0] * _mask(module.growth_new_outputs, module.growth_ramp, output[0].dtype), *output[1:])
+    return output * _mask(module.growth_new_outputs, module.growth_ramp, output.dtype)
+
+
+def _attach_masks(module: torch.nn.Module, new_inputs: torch.Tensor | None,
+                  new_outputs: torch.Tensor | None) -> None:
+    """Masks as non-persistent buffers + hooks: works on any module class (RowParallelLinear,
+    TERowParallelLinear, the embedding) and leaves its state dict alone."""
+    module.register_buffer("growth_new_inputs", new_inputs, persistent=False)
+    module.register_buffer("growth_new_outputs", new_outputs, persistent=False)
+    module.growth_ramp = 1.0
+    if new_inputs is not None:
+        module.register_forward_pre_hook(_mask_input_hook)
+    if new_outputs is not None:
+        module.register_forward_hook(_mask_output_hook)
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -159,20 +187,18 @@ def attach_growth(model: GPTModel, spec: GrowthSpec) -> None:
     heads = _new_from(old.num_attention_heads * old.kv_channels, new.num_attention_heads * new.kv_channels)
     ffn = _new_from(old.ffn_hidden_size, new.ffn_hidden_size)
     to = (lambda t: None if t is None else t.to(device))
+    row_inputs = {"self_attention.linear_proj": heads, "mlp.linear_fc2": ffn}
     for name, module in model.named_modules():
         if isinstance(module, MaskedRMSNorm):
             module.growth_new_dims = to(hidden)
-        elif isinstance(module, MaskedRowParallelLinear):
-            inputs = heads if name.endswith("self_attention.linear_proj") else ffn
-            module.growth_new_inputs = to(_tp_slice(inputs, module.input_size_per_partition))
-            module.growth_new_outputs = to(hidden)
         elif isinstance(module, MaskedTransformerLayer):
             module.growth_is_new = (module.layer_number - 1) in spec.new_layers
+        else:
+            suffix = next((s for s in row_inputs if name.endswith(s)), None)
+            if suffix is not None:
+                _attach_masks(module, to(_tp_slice(row_inputs[suffix])), to(hidden))
     if getattr(model, "pre_process", False):
-        embedding = model.embedding
-        embedding.register_buffer("growth_new_dims", to(hidden), persistent=False)
-        embedding.growth_ramp = 1.0
-        embedding.register_forward_hook(_embedding_mask_hook)
+        _attach_masks(model.embedding, None, to(hidden))
     set_ramp([model], 0.0)
 
 
@@ -212,8 +238,11 @@ def build_masked_model(cfg: DictConfig, pre_process: bool = True, post_process: 
     """:func:`pretrain.model.teleflm.build_model` with the masked layer spec, growth attached from
     ``cfg.growth`` (a plain model when ``cfg.growth`` is absent or its ramp is over)."""
     from pretrain.model import teleflm
+    from pretrain.model.fast_path import fast_path_for
 
-    model = teleflm.build_model(cfg, pre_process, post_process, vp_stage, block_spec=masked_block_spec)
+    te = fast_path_for(cfg).spec == "transformer_engine"  # the one place choosing the spec by machine
+    model = teleflm.build_model(cfg, pre_process, post_process, vp_stage,
+                                block_spec=partial(masked_block_spec, use_transformer_engine=te))
     block = growth_block(cfg)
     if block is not None:
         attach_growth(model, GrowthSpec.from_dict(block.spec))

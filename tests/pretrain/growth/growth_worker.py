@@ -8,7 +8,10 @@ that follow, a mid-ramp resume, and (once the ramp is over) the loss of the
 same checkpoint in the plain model.  Rank 0 writes the figures to a JSON file
 the pytest side asserts on.
 
-Usage: torchrun --nproc_per_node=2 tests/pretrain/growth/growth_worker.py OUT_DIR SCENARIO[,SCENARIO...]
+Usage: torchrun --nproc_per_node=2 tests/pretrain/growth/growth_worker.py OUT_DIR SCENARIO[,SCENARIO...] [SPEC]
+
+SPEC is ``train.gpu.spec`` (``local`` default, or ``transformer_engine``): which layer spec the
+old and the masked model are built on.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ SCENARIOS = {
 }
 LAYOUTS = {"tp2": (2, 1, 1), "pp2": (1, 2, 1), "dp2": (1, 1, 2)}
 STEPS_BEFORE, STEPS_AFTER, RAMP_ITERS = 3, 4, 4
+SPEC = "local"  # train.gpu.spec of every model built here (main() sets it from argv)
 NEW_STAGE_LR = 2e-3
 
 
@@ -65,7 +69,8 @@ def config(model: dict, layout: str, run_dir: Path, mup: bool, lr: float = 3e-3)
         train=dict(micro_batch_size=MBS, global_batch_size=GBS, train_iters=100, seed=1234, lr=lr, min_lr=3e-4,
                    lr_warmup_iters=2, lr_decay_iters=100, lr_decay_style="cosine", wsd_decay_fraction=0.2,
                    weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95, adam_eps=1e-8, clip_grad=1.0, bf16=False,
-                   recompute="none", overlap_grad_reduce=False, overlap_param_gather=False),
+                   recompute="none", overlap_grad_reduce=False, overlap_param_gather=False,
+                   gpu=dict(spec=SPEC)),
         checkpoint=dict(save_interval=0, keep_last=10, async_save=False, optimizer_sharding="fully_reshardable",
                         load="auto")))
 
@@ -265,7 +270,9 @@ def main() -> None:
     from pretrain.train.setup import init_distributed  # noqa: F401  (trainer importable)
 
     activate_cpu_shims()
+    global SPEC
     out_dir, names = Path(sys.argv[1]), sys.argv[2].split(",")
+    SPEC = sys.argv[3] if len(sys.argv) > 3 else SPEC
     dist.init_process_group("gloo")
     results, old_runs = {}, {}
     for name in names:

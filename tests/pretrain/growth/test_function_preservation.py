@@ -1,8 +1,10 @@
 """MSG growth on the megatron-core model: the loss right after growth equals the loss before.
 
-One torchrun launch (2 processes) runs every scenario of ``growth_worker.py``
+One torchrun launch (2 processes) per layer spec runs every scenario of ``growth_worker.py``
 (operators alone and combined, TP2 / PP2 / DP2 layouts, resharding across the
-growth); these tests check its figures.
+growth); these tests check its figures.  Specs: the local one (every machine) and the
+TransformerEngine one (skipped, saying why, where TE does not import; the worker is gloo/CPU,
+so a CUDA host skips it too: tests/helpers/launch.py).
 """
 
 from __future__ import annotations
@@ -11,16 +13,18 @@ import json
 
 import pytest
 
-from tests.pretrain.growth import growth_worker
+from tests.pretrain.growth import SPECS, growth_worker, skip_unless_spec_builds
 from tests.helpers.launch import torchrun
 
 REL_TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("growth")
-    torchrun(2, ["tests/pretrain/growth/growth_worker.py", str(out), ",".join(growth_worker.SCENARIOS)], timeout=600, cpu_only="builds its own gloo group and CPU tensors")
+@pytest.fixture(scope="module", params=SPECS)
+def results(request, tmp_path_factory) -> dict:
+    skip_unless_spec_builds(request.param)
+    out = tmp_path_factory.mktemp(f"growth_{request.param}")
+    torchrun(2, ["tests/pretrain/growth/growth_worker.py", str(out), ",".join(growth_worker.SCENARIOS),
+                 request.param], timeout=600, cpu_only="builds its own gloo group and CPU tensors")
     return json.loads((out / "results.json").read_text())
 
 

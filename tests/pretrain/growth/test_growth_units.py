@@ -10,6 +10,7 @@ from pretrain.growth.masked import ramp_value
 from pretrain.growth.schedule import parse_stages
 from pretrain.growth.spec import GrowthConfigError, GrowthSpec, Shape, layer_sources, make_spec
 from pretrain.growth.tensors import grow_state
+from tests.pretrain.growth import SPECS, skip_unless_spec_builds
 
 
 def model_cfg(**changes):
@@ -110,3 +111,35 @@ def test_flm101b_stage_sizes_match_the_paper(tmp_path):
     totals = [parameter_count(OmegaConf.to_container(cfg.model), 100352)["total"] / 1e9 for _, cfg in stages]
     for total, target in zip(totals, (16, 51, 101)):
         assert abs(total - target) / target < 0.07, totals
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_masked_layer_spec_as_data(spec):
+    """The masked spec is the base spec with the norms un-fused and masked, the layer masked, and
+    the plain spec's checkpoint keys; projections and attention stay the base spec's (the masks on
+    them are hooks).  Nothing is instantiated: the spec is data."""
+    from megatron.core.tensor_parallel import ColumnParallelLinear
+
+    from pretrain.growth.masked import MaskedRMSNorm, MaskedTransformerLayer, masked_layer_spec
+    from pretrain.model.teleflm import layer_spec
+
+    skip_unless_spec_builds(spec)
+    te = spec == "transformer_engine"
+    base, masked = layer_spec(te).submodules, masked_layer_spec(te)
+    layer = masked.submodules
+    attention, mlp = layer.self_attention.submodules, layer.mlp.submodules
+    assert masked.module is MaskedTransformerLayer
+    assert layer.input_layernorm is MaskedRMSNorm and layer.pre_mlp_layernorm is MaskedRMSNorm
+    if te:
+        from megatron.core.extensions.transformer_engine import TEColumnParallelLinear
+
+        column = TEColumnParallelLinear   # not TELayerNormColumnParallelLinear: the norm is separate
+    else:
+        column = ColumnParallelLinear
+    assert attention.linear_qkv is column and mlp.linear_fc1 is column
+    assert attention.linear_proj is base.self_attention.submodules.linear_proj
+    assert mlp.linear_fc2 is base.mlp.submodules.linear_fc2
+    assert attention.core_attention is base.self_attention.submodules.core_attention
+    assert layer.sharded_state_dict_keys_map == {"input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+                                                 "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"}
+    assert base.input_layernorm is not MaskedRMSNorm   # the base spec is left alone
