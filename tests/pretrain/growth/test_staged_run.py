@@ -74,7 +74,7 @@ def staged(tmp_path_factory) -> dict:
     return {"stages": stages, "straight": straight, "resumed": step_losses(last), "resumed_out": resumed_out}
 
 
-@pytest.mark.slow  # two runner invocations, 5 trainer launches: ~2.5 min on a 2-core box
+@pytest.mark.slow  # two runner invocations, 4 trainer launches: 126 s measured on a loaded 2-core box
 @pytest.mark.multiproc
 @pytest.mark.timeout(900)
 def test_staged_run_grows_continuously_across_layouts_and_resumes_mid_ramp(staged):
