@@ -22,13 +22,15 @@ class GrowthRamp(Callback):
                  metrics: Metrics | None = None) -> None:
         self.cfg, self.heldout, self.metrics = cfg, heldout, metrics
         self.start_iteration = int(growth_block(cfg).start_iteration)
+        self.scored = False   # once per process: a rollback to the growth checkpoint does not log it twice
 
     def before_step(self, trainer: TrainerView, step: int) -> None:
         iteration = trainer.progress.iteration
         ramp = ramp_for(self.cfg, iteration)
         set_ramp(trainer.step.model, ramp)
         # only a stage that starts at its growth (a resume starts later): the metrics row exists once
-        if iteration == self.start_iteration and step == iteration + 1 and self.heldout is not None \
-                and self.metrics is not None and not self.heldout.empty:
+        if iteration == self.start_iteration and step == iteration + 1 and not self.scored \
+                and self.heldout is not None and self.metrics is not None and not self.heldout.empty:
+            self.scored = True
             results = trainer.step.score_heldout(self.heldout)
             self.metrics.event("growth", iteration, ramp=ramp, **results)
