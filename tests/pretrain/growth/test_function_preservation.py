@@ -12,16 +12,13 @@ import json
 import pytest
 
 from tests.pretrain.growth import growth_worker
-from tests.helpers.launch import torchrun
 
 REL_TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("growth")
-    torchrun(2, ["tests/pretrain/growth/growth_worker.py", str(out), ",".join(growth_worker.SCENARIOS)], timeout=600, cpu_only="builds its own gloo group and CPU tensors")
-    return json.loads((out / "results.json").read_text())
+def results(growth_run) -> dict:
+    return json.loads((growth_run / "results.json").read_text())
 
 
 def test_every_scenario_ran(results):
