@@ -27,7 +27,7 @@ from pretrain.config.schema import typed_model
 from pretrain.model.mup import init_std
 from pretrain.model.teleflm import param_kind
 
-CHUNK = 1 << 18  # elements per generator call: bounds the float64 temporaries (~6 MB)
+CHUNK = 1 << 16  # elements per generator call: bounds the 64-bit temporaries (~3 MB)
 TRUNCATION = 2.0  # ±2σ, as torch.nn.init.trunc_normal_ in pretrain.model.mup.initializer
 _LOW = 0.5 * math.erfc(TRUNCATION / math.sqrt(2.0))   # Φ(-2)
 _HIGH = 0.5 * math.erfc(-TRUNCATION / math.sqrt(2.0))  # Φ(2)

@@ -33,6 +33,7 @@ touches (the reader loads a stored chunk whole, then narrows it).
 
 from __future__ import annotations
 
+import ctypes
 import pickle
 import shutil
 from dataclasses import dataclass, replace
@@ -56,6 +57,7 @@ PARTS = "growth_parts"
 DCP_METADATA = ".metadata"
 PART_SEP = "@grown@"
 DEFAULT_BUDGET_BYTES = 256 << 20
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 ROW_PARALLEL = ("linear_proj.weight", "linear_fc2.weight")
 COLUMN_PARALLEL = ("linear_qkv.weight", "linear_fc1.weight", "embedding.word_embeddings.weight",
@@ -189,6 +191,35 @@ def _reader(key: str, loaded: dict[str, torch.Tensor], rule: KeyRule):
     return read
 
 
+def _grow_batch(batch: list[Slice], loaded: dict[str, torch.Tensor], spec: GrowthSpec, new_model_cfg: DictConfig,
+                seed: int, dtypes: dict[str, torch.dtype]) -> dict[str, ShardedTensor]:
+    """The grown slices of one batch, keyed for a part checkpoint (a function, so no slice outlives it)."""
+    grown: dict[str, ShardedTensor] = {}
+    for piece in batch:
+        rule = piece.rule
+        data = grown_region(rule, piece.layer, slice(*piece.rows), slice(*piece.cols), _reader(rule.key, loaded, rule),
+                            spec, new_model_cfg, seed, dtypes[rule.key]).reshape(piece.local_shape())
+        name = part_key(rule.key, piece.global_offset(), rule.new_shape)
+        grown[name] = ShardedTensor(key=name, data=data, dtype=data.dtype, local_shape=tuple(data.shape),
+                                    global_shape=tuple(data.shape), global_offset=(0,) * data.dim(),
+                                    axis_fragmentations=None)
+    return grown
+
+
+def return_freed_memory(threshold: int = 1 << 20) -> None:
+    """Serve allocations above ``threshold`` bytes by mmap, so a freed slice goes back to the OS.
+
+    glibc raises its mmap threshold after the first large free (up to 32 MiB), so slices of
+    a few MiB then come from the heap and freed ones stay resident: peak RSS would grow with
+    the number of slices, not with the largest.  No-op where ``mallopt`` is missing.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, threshold)
+    except (OSError, AttributeError):
+        pass
+
+
 def grow_streaming(source: Path, parts_root: Path, spec: GrowthSpec, new_model_cfg: DictConfig, seed: int,
                    tp: int, pp: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Iterator[dict]:
     """Grow every tensor of ``source`` slice by slice into part checkpoints under ``parts_root``.
@@ -196,6 +227,7 @@ def grow_streaming(source: Path, parts_root: Path, spec: GrowthSpec, new_model_c
     Collective over the default process group.  Yields one record per step
     (this rank's slice count and bytes, for the benchmark's accounting).
     """
+    return_freed_memory()
     metadata = dist_checkpointing.load_tensors_metadata(str(source))
     rules = [rule_for(key, tuple(metadata[key].global_shape), spec) for key in sorted(metadata)]
     dtypes = {key: item.dtype for key, item in metadata.items()}
@@ -210,25 +242,17 @@ def grow_streaming(source: Path, parts_root: Path, spec: GrowthSpec, new_model_c
         batch = mine[step] if step < len(mine) else []
         requests = _old_requests(batch, spec, dtypes)
         loaded = dist_checkpointing.load(requests, str(source), validate_access_integrity=False)
-        grown: dict[str, ShardedTensor] = {}
-        for piece in batch:
-            rule = piece.rule
-            region = grown_region(rule, piece.layer, slice(*piece.rows), slice(*piece.cols),
-                                  _reader(rule.key, loaded, rule), spec, new_model_cfg, seed, dtypes[rule.key])
-            data = region.reshape(piece.local_shape())
-            name = part_key(rule.key, piece.global_offset(), rule.new_shape)
-            grown[name] = ShardedTensor(key=name, data=data, dtype=data.dtype, local_shape=tuple(data.shape),
-                                        global_shape=tuple(data.shape), global_offset=(0,) * data.dim(),
-                                        axis_fragmentations=None)
-        del loaded, requests
+        del requests
+        grown = _grow_batch(batch, loaded, spec, new_model_cfg, seed, dtypes)
+        del loaded
         part = parts_root / f"{step:06d}"
         if rank == 0:
             part.mkdir(parents=True, exist_ok=True)
         if dist.is_initialized():
             dist.barrier()
         save_synchronously(grown, part, validate_access_integrity=False)
-        yield {"step": step, "slices": len(batch), "bytes": sum(piece.nbytes for piece in batch)}
         del grown
+        yield {"step": step, "slices": len(batch), "bytes": sum(piece.nbytes for piece in batch)}
 
 
 def part_key(key: str, offset: tuple[int, ...], global_shape: tuple[int, ...]) -> str:
