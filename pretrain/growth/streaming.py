@@ -51,7 +51,7 @@ from megatron.core.dist_checkpointing import ShardedTensor
 
 from pretrain.checkpoint import save_synchronously
 from pretrain.growth.spec import GrowthSpec
-from pretrain.growth.tensors import KeyRule, grown_region, old_blocks, rule_for
+from pretrain.growth.tensors import KeyRule, OldReader, grown_region, old_blocks, rule_for
 
 PARTS = "growth_parts"
 DCP_METADATA = ".metadata"
@@ -81,6 +81,7 @@ class Slice:
 
     @property
     def nbytes(self) -> int:
+        """Size at 4 bytes/element (FP32 checkpoint tensors): what the batch budget counts."""
         return (self.rows[1] - self.rows[0]) * (self.cols[1] - self.cols[0]) * 4
 
     def global_offset(self) -> tuple[int, ...]:
@@ -184,7 +185,8 @@ def _block_name(key: str, layer: int | None, rows: slice, cols: slice) -> str:
     return f"{key}|{layer}|{rows.start}:{rows.stop}|{cols.start}:{cols.stop}"
 
 
-def _reader(key: str, loaded: dict[str, torch.Tensor], rule: KeyRule):
+def _reader(key: str, loaded: dict[str, torch.Tensor]) -> OldReader:
+    """Reads the old blocks :func:`_old_requests` loaded."""
     def read(layer: int | None, rows: slice, cols: slice) -> torch.Tensor:
         block = loaded[_block_name(key, layer, rows, cols)]
         return block.reshape(rows.stop - rows.start, cols.stop - cols.start)
@@ -197,7 +199,7 @@ def _grow_batch(batch: list[Slice], loaded: dict[str, torch.Tensor], spec: Growt
     grown: dict[str, ShardedTensor] = {}
     for piece in batch:
         rule = piece.rule
-        data = grown_region(rule, piece.layer, slice(*piece.rows), slice(*piece.cols), _reader(rule.key, loaded, rule),
+        data = grown_region(rule, piece.layer, slice(*piece.rows), slice(*piece.cols), _reader(rule.key, loaded),
                             spec, new_model_cfg, seed, dtypes[rule.key]).reshape(piece.local_shape())
         name = part_key(rule.key, piece.global_offset(), rule.new_shape)
         grown[name] = ShardedTensor(key=name, data=data, dtype=data.dtype, local_shape=tuple(data.shape),

@@ -136,20 +136,46 @@ def _span(index: slice, size: int) -> tuple[int, int]:
     return start, max(start, stop)
 
 
+def old_blocks(rule: KeyRule, layer: int | None, rows: slice, cols: slice,
+               spec: GrowthSpec) -> list[tuple[int | None, slice, slice, slice, slice]]:
+    """The old blocks a region of the grown tensor copies: ``(old layer, old rows, old cols, rows, cols)``.
+
+    The last two are where each block lands in the region.  Empty for fresh
+    layers, for Adam moments of new layers and for regions of new columns only.
+    """
+    r0, r1 = _span(rows, rule.new_rows)
+    c0, c1 = _span(cols, rule.new_cols)
+    kind, source = spec.layer_sources[layer] if rule.layered else ("old", None)
+    if kind == "random" or (rule.role in MOMENT_KINDS and kind != "old") or c0 >= rule.old_cols:
+        return []
+    old_c1 = min(c1, rule.old_cols)
+    blocks = []
+    for new_start, old_start, length in rule.row_blocks:
+        lo, hi = max(r0, new_start), min(r1, new_start + length)
+        if lo < hi:
+            blocks.append((source, slice(old_start + lo - new_start, old_start + hi - new_start),
+                           slice(c0, old_c1), slice(lo - r0, hi - r0), slice(0, old_c1 - c0)))
+    return blocks
+
+
 def grown_region(rule: KeyRule, layer: int | None, rows: slice, cols: slice, read_old: OldReader,
                  spec: GrowthSpec, new_model_cfg: DictConfig, seed: int, dtype: torch.dtype) -> torch.Tensor:
     """``[rows, cols]`` of layer ``layer`` (None: not layer-stacked) of the grown tensor; 1-D for vectors.
 
-    Old entries come from ``read_old`` (only the blocks this region needs);
-    new entries from the new width's init (a function of the global element
-    index), ones for norm gains, zeros for Adam moments.  New layers: copies
-    of their (widened) source layer, or fresh, with fresh Adam state.
+    Old entries come from ``read_old`` (only the blocks :func:`old_blocks`
+    names); new entries from the new width's init (a function of the global
+    element index), ones for norm gains, zeros for Adam moments.  New layers:
+    copies of their (widened) source layer, or fresh, with fresh Adam state.
     """
     r0, r1 = _span(rows, rule.new_rows)
     c0, c1 = _span(cols, rule.new_cols)
     kind, source = spec.layer_sources[layer] if rule.layered else ("old", None)
     moments = rule.role in MOMENT_KINDS
-    if moments:
+    blocks = old_blocks(rule, layer, rows, cols, spec)
+    covered = sum((b[3].stop - b[3].start) * (b[4].stop - b[4].start) for b in blocks) == (r1 - r0) * (c1 - c0)
+    if covered:  # old entries only (e.g. depth growth's old layers): nothing fresh to draw
+        out = torch.empty((r1 - r0, c1 - c0), dtype=dtype)
+    elif moments:
         out = torch.zeros((r1 - r0, c1 - c0), dtype=dtype)
     elif kind == "random":
         out = fresh_entries(rule.model_key, (rule.new_rows, rule.new_cols), (slice(r0, r1), slice(c0, c1)),
@@ -159,22 +185,15 @@ def grown_region(rule: KeyRule, layer: int | None, rows: slice, cols: slice, rea
         out = fresh_entries(rule.model_key, lead[0] + (rule.new_rows, rule.new_cols),
                             lead[1] + (slice(r0, r1), slice(c0, c1)), new_model_cfg, seed, "width", dtype)
         out = out.reshape(r1 - r0, c1 - c0)
-    if kind == "random" or (moments and kind != "old") or c0 >= rule.old_cols:
-        return out[0] if rule.vector else out
-    old_c1 = min(c1, rule.old_cols)
-    for new_start, old_start, length in rule.row_blocks:
-        lo, hi = max(r0, new_start), min(r1, new_start + length)
-        if lo >= hi:
-            continue
-        old_rows = slice(old_start + lo - new_start, old_start + hi - new_start)
-        piece = read_old(source, old_rows, slice(c0, old_c1)).to(dtype)
+    for old_layer, old_rows, old_cols, into_rows, into_cols in blocks:
+        piece = read_old(old_layer, old_rows, old_cols).to(dtype)
         if rule.model_key == "output_layer.weight" and spec.logit_scale != 1.0:
             # μP logit multiplier output_mult/width_mult shrinks with width: fold the ratio into
             # the old columns (gradient scales by 1/c, so Adam moments by 1/c and 1/c²).
             power = {"exp_avg": -1, "exp_avg_sq": -2}.get(rule.role, 1)
             piece = piece.clone()
             piece *= spec.logit_scale ** power
-        out[lo - r0:hi - r0, :old_c1 - c0] = piece
+        out[into_rows, into_cols] = piece
     return out[0] if rule.vector else out
 
 
