@@ -213,7 +213,8 @@ def return_freed_memory(threshold: int = 1 << 20) -> None:
 
     glibc raises its mmap threshold after the first large free (up to 32 MiB), so slices of
     a few MiB then come from the heap and freed ones stay resident: peak RSS would grow with
-    the number of slices, not with the largest.  No-op where ``mallopt`` is missing.
+    the number of slices, not with the largest.  Process-wide and permanent (growth runs in
+    its own process: the runner's, or a torchrun worker).  No-op where ``mallopt`` is missing.
     """
     try:
         libc = ctypes.CDLL(None)
@@ -289,12 +290,14 @@ def merge_parts(target: Path, parts_root: Path) -> None:
             entry = merged.state_dict_metadata.setdefault(
                 key, TensorStorageMetadata(properties=item.properties, size=torch.Size(shape), chunks=[]))
             entry.chunks.append(ChunkStorageMetadata(offsets=torch.Size(offset), sizes=item.size))
+        moved: set[str] = set()
         for index, info in metadata.storage_data.items():
             key = _parse_part_key(index.fqn)[0]
             name = f"p{part.name}_{info.relative_path}"
             merged.storage_data[MetadataIndex(key, offsets[index.fqn])] = replace(info, relative_path=name)
-            if not (target / name).exists():
+            if name not in moved:  # replaces a stale file of an interrupted growth
                 shutil.move(str(part / info.relative_path), str(target / name))
+                moved.add(name)
     with open(target / DCP_METADATA, "wb") as handle:
         pickle.dump(merged, handle)
     shutil.rmtree(parts_root)
