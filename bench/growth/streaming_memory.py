@@ -106,12 +106,13 @@ def old_shapes() -> dict[str, tuple[int, ...]]:
     layers, hidden, ffn = OLD["num_layers"], OLD["hidden_size"], OLD["ffn_hidden_size"]
     heads_per_group = OLD["num_attention_heads"] // OLD["num_query_groups"]
     qkv_rows = OLD["num_query_groups"] * (heads_per_group + 2) * OLD["kv_channels"]
+    proj_cols = OLD["num_attention_heads"] * OLD["kv_channels"]
     layer = "decoder.layers."
     return {"embedding.word_embeddings.weight": (VOCAB, hidden), "output_layer.weight": (VOCAB, hidden),
             "decoder.final_layernorm.weight": (hidden,),
             layer + "self_attention.linear_qkv.weight": (layers, qkv_rows, hidden),
             layer + "self_attention.linear_qkv.layer_norm_weight": (layers, hidden),
-            layer + "self_attention.linear_proj.weight": (layers, hidden, OLD["num_attention_heads"] * OLD["kv_channels"]),
+            layer + "self_attention.linear_proj.weight": (layers, hidden, proj_cols),
             layer + "mlp.linear_fc1.weight": (layers, 2 * ffn, hidden),
             layer + "mlp.linear_fc1.layer_norm_weight": (layers, hidden),
             layer + "mlp.linear_fc2.weight": (layers, hidden, ffn)}
