@@ -17,9 +17,15 @@ and a ``growth`` record is added. The param groups' LRs are left as saved: the
 trainer takes every group's LR from the new stage's config on load
 (``megatron_step.load_with_configured_lrs``), which under μP follows the new width.
 
-Every rank of the calling process group computes the same full tensors; rank
-0 is the main replica that writes them (run it as one process in production;
-memory: the whole model + fp32 copy + 2 moments, in host memory).
+Two paths, bitwise identical results (new entries are a function of the
+element's global index, :mod:`pretrain.growth.fresh`):
+
+* one process (no process group, or ``streaming=False``): load every tensor
+  whole, grow, write; memory: the whole model + fp32 copy + 2 moments.
+* streaming (default under a process group of several ranks): each rank of
+  the next stage's layout reads only the old regions its target slices need
+  and writes its own slices (:mod:`pretrain.growth.streaming`); memory: about
+  one batch of slices (``budget_bytes``) per rank.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
 
 from pretrain.checkpoint import save_synchronously
 from pretrain.growth.spec import GrowthConfigError, GrowthSpec, make_spec
+from pretrain.growth.streaming import DEFAULT_BUDGET_BYTES, grow_streaming, merge_parts, parts_dir
 from pretrain.growth.tensors import grow_state
 
 RUN_CONFIG = "run_config.yaml"
@@ -119,12 +126,19 @@ def _sharded(tensors: dict[str, torch.Tensor]) -> dict[str, ShardedTensor]:
 
 def grow_checkpoint(source: str | Path, target: str | Path, new_cfg: DictConfig, ramp_iters: int,
                     depth_position: str = "top", depth_init: str = "copy",
-                    seed: int | None = None) -> DictConfig:
+                    seed: int | None = None, streaming: bool | None = None,
+                    budget_bytes: int = DEFAULT_BUDGET_BYTES) -> DictConfig:
     """Write ``target`` (a checkpoint directory) = ``source`` grown to ``new_cfg.model``.
 
     ``new_cfg`` is the next stage's full trainer config.  Returns it completed
     with the ``growth`` block (spec, start_iteration, ramp_iters) that the
     grown stage must train with; it is also the target's ``run_config.yaml``.
+
+    ``streaming`` (default: a process group of more than one rank is
+    initialised) grows slice by slice over the ranks of the new stage's
+    ``parallel`` layout, at most ``budget_bytes`` of grown slices per rank and
+    step; otherwise this process grows whole tensors (every rank of a group
+    computes them, rank 0 writes).
     """
     source, target = Path(source), Path(target)
     old_cfg = OmegaConf.load(source / RUN_CONFIG)
@@ -138,19 +152,35 @@ def grow_checkpoint(source: str | Path, target: str | Path, new_cfg: DictConfig,
             new_cfg.model[key] = int(value)
     spec = make_spec(old_cfg.model, new_cfg.model, depth_position, depth_init)
     seed = int(new_cfg.train.seed) if seed is None else int(seed)
-    tensors = load_full_tensors(source)
-    grown = grow_state(tensors, spec, new_cfg.model, seed)
     state = _grown_common(common, new_cfg, spec)
     new_cfg.growth = {"spec": spec.to_dict(), "start_iteration": int(common["iteration"]),
                       "ramp_iters": int(ramp_iters), "depth_position": depth_position, "depth_init": depth_init}
     rank = dist.get_rank() if dist.is_initialized() else 0
+    if streaming is None:
+        streaming = dist.is_initialized() and dist.get_world_size() > 1
     if rank == 0:
         target.mkdir(parents=True, exist_ok=True)
     if dist.is_initialized():
         dist.barrier()
+    if streaming:
+        parallel = new_cfg.parallel
+        for _ in grow_streaming(source, parts_dir(target), spec, new_cfg.model, seed,
+                                tp=int(parallel.tensor_model_parallel_size),
+                                pp=int(parallel.pipeline_model_parallel_size), budget_bytes=budget_bytes):
+            pass
+        tensors: dict[str, ShardedTensor] = {}
+    else:
+        tensors = _sharded(grow_state(load_full_tensors(source), spec, new_cfg.model, seed))
     objects = grown_objects(source, spec)
-    save_synchronously({**state, "grown_tensors": _sharded(grown), "grown_objects": objects}, target)
+    # The tensors' entry vanishes from the common state once its ShardedTensors are extracted: leave
+    # it out when streaming (nothing to extract) so both paths write the same common.pt.
+    save_synchronously({**state, **({"grown_tensors": tensors} if tensors else {}), "grown_objects": objects},
+                       target)
+    if dist.is_initialized():
+        dist.barrier()
     if rank == 0:
+        if streaming:
+            merge_parts(target, parts_dir(target))
         OmegaConf.save(new_cfg, target / RUN_CONFIG, resolve=True)
     if dist.is_initialized():
         dist.barrier()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 SPECS = ["local", "transformer_engine"]
 
 
@@ -16,3 +18,13 @@ def skip_unless_spec_builds(spec: str) -> None:
     if spec == "transformer_engine" and not machine.transformer_engine:
         pytest.skip(f"the TransformerEngine spec needs TransformerEngine: "
                     f"{machine.transformer_engine_error or 'not installed'}")
+
+
+def launch_growth_scenarios(out: Path, spec: str) -> Path:
+    """One 2-process launch of every ``growth_worker`` scenario on layer spec ``spec``."""
+    from tests.helpers.launch import torchrun
+    from tests.pretrain.growth import growth_worker
+
+    torchrun(2, ["tests/pretrain/growth/growth_worker.py", str(out), ",".join(growth_worker.SCENARIOS), spec],
+             timeout=600, cpu_only="builds its own gloo group and CPU tensors")
+    return out

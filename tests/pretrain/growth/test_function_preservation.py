@@ -13,18 +13,20 @@ import json
 
 import pytest
 
-from tests.pretrain.growth import SPECS, growth_worker, skip_unless_spec_builds
-from tests.helpers.launch import torchrun
+from tests.pretrain.growth import SPECS, growth_worker, launch_growth_scenarios, skip_unless_spec_builds
 
 REL_TOL = 1e-5
 
 
 @pytest.fixture(scope="module", params=SPECS)
 def results(request, tmp_path_factory) -> dict:
+    """Every scenario on each layer spec this machine builds; the local spec's launch is the
+    session's shared one (its checkpoints also feed the streaming test)."""
     skip_unless_spec_builds(request.param)
-    out = tmp_path_factory.mktemp(f"growth_{request.param}")
-    torchrun(2, ["tests/pretrain/growth/growth_worker.py", str(out), ",".join(growth_worker.SCENARIOS),
-                 request.param], timeout=600, cpu_only="builds its own gloo group and CPU tensors")
+    if request.param == "local":
+        out = request.getfixturevalue("growth_run")
+    else:
+        out = launch_growth_scenarios(tmp_path_factory.mktemp(f"growth_{request.param}"), request.param)
     return json.loads((out / "results.json").read_text())
 
 

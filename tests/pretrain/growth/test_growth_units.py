@@ -143,3 +143,46 @@ def test_masked_layer_spec_as_data(spec):
     assert layer.sharded_state_dict_keys_map == {"input_layernorm.": "self_attention.linear_qkv.layer_norm_",
                                                  "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"}
     assert base.input_layernorm is not MaskedRMSNorm   # the base spec is left alone
+
+
+def test_fresh_entries_do_not_depend_on_the_region():
+    """New entries are a function of the global element index: any sub-region equals that slice of the whole."""
+    from pretrain.growth.fresh import fresh_normal, philox_key
+
+    key = philox_key(7, "decoder.layers.mlp.linear_fc1.weight", "width")
+    whole = fresh_normal(key, (3, 5, 9), (slice(None),) * 3, 0.02, True, torch.float32)
+    assert whole.abs().max() <= 0.04 and 0.01 < whole.std() < 0.02  # ±2σ truncated normal, σ = 0.02
+    for a, b, c in [(0, 0, 0), (1, 2, 3), (2, 4, 8), (0, 1, 0)]:
+        region = (slice(a, 3), slice(b, min(b + 2, 5)), slice(c, 9))
+        assert torch.equal(fresh_normal(key, (3, 5, 9), region, 0.02, True, torch.float32), whole[region])
+
+
+def test_slices_of_every_layout_assemble_the_whole_tensor_growth():
+    """Streaming slices (TP2 × PP2 on 4 ranks, and dealt over 3) grown from a whole-tensor reader
+    reassemble exactly what grow_state gives: the per-region code path is layout-free."""
+    from pretrain.growth.streaming import rank_slices
+    from pretrain.growth.tensors import grown_region, rule_for, whole_reader
+
+    old, new = model_cfg(truncated_normal_init=True), model_cfg(
+        hidden_size=12, num_attention_heads=3, num_query_groups=3, ffn_hidden_size=9, num_layers=3)
+    spec = make_spec(old, new, "interleave", "random")
+    generator = torch.Generator().manual_seed(0)
+    shapes = {"embedding.word_embeddings.weight": (16, 8), "decoder.final_layernorm.weight": (8,),
+              "decoder.layers.self_attention.linear_qkv.weight": (2, 24, 8),
+              "decoder.layers.mlp.linear_fc1.weight": (2, 12, 8), "decoder.layers.mlp.linear_fc2.weight": (2, 8, 6),
+              "optimizer.state.exp_avg.decoder.layers.self_attention.linear_proj.weight": (2, 8, 8),
+              "optimizer.state.param.output_layer.weight": (16, 8)}
+    tensors = {key: torch.randn(shape, generator=generator) for key, shape in shapes.items()}
+    expected = grow_state(tensors, spec, new, seed=3)
+    rules = {key: rule_for(key, tuple(t.shape), spec) for key, t in tensors.items()}
+    for tp, pp, world in [(2, 2, 4), (2, 2, 3)]:
+        assembled = {key: torch.full(rule.new_shape, float("nan")) for key, rule in rules.items()}
+        for slices in rank_slices(list(rules.values()), tp, pp, world):
+            for piece in slices:
+                rule = piece.rule
+                region = grown_region(rule, piece.layer, slice(*piece.rows), slice(*piece.cols),
+                                      whole_reader(rule, tensors[rule.key]), spec, new, 3, torch.float32)
+                where = tuple(slice(o, o + s) for o, s in zip(piece.global_offset(), piece.local_shape()))
+                assembled[rule.key][where] = region.reshape(piece.local_shape())
+        for key in rules:
+            assert torch.equal(assembled[key], expected[key]), (key, tp, pp, world)
