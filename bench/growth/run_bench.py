@@ -1,12 +1,14 @@
 """Grow small -> large vs train large from scratch with the same compute; loss vs FLOPs.
 
-    python bench/growth/run_bench.py --data <tokenizer output>/indexed [--out runs/growth_bench]
+    python bench/growth/run_bench.py --data <tokenizer output>/indexed [--schedule bench_tiny|bench_proxy]
+                                     [--out runs/growth_bench]
 
-Both arms run through the CLIs (``python -m pretrain.growth schedule=bench_tiny``
+Both arms run through the CLIs (``python -m pretrain.growth schedule=<schedule>``
 and ``python -m pretrain``) on the same data stream.  FLOPs per step come from
 :func:`pretrain.tools.flops.model_flops_per_token` of the model that ran the step (a
 grown stage under masks computes at its full new width).  The scratch arm gets
-exactly the growth arm's total FLOPs.  Writes ``results.json`` and
+exactly the growth arm's total FLOPs, at the first stage's peak/min LR and warm-up and with the
+schedule's own trainer overrides (eval cadence).  Writes ``results.json`` and
 ``loss_vs_flops.png`` to ``--out``.
 """
 
@@ -114,17 +116,20 @@ def run(cmd: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True, help="tokenizer output 'indexed' dir (manifest.json)")
+    parser.add_argument("--schedule", default="bench_tiny", help="configs/growth/schedule/<name>.yaml")
     parser.add_argument("--out", default="runs/growth_bench")
     parser.add_argument("--analyse-only", action="store_true", help="re-read finished runs in --out")
     args = parser.parse_args()
     out = (REPO / args.out).resolve()
     started = time.time()
     if not args.analyse_only:
-        run([sys.executable, "-m", "pretrain.growth", "schedule=bench_tiny", f"run_dir={out / 'growth'}",
+        run([sys.executable, "-m", "pretrain.growth", f"schedule={args.schedule}", f"run_dir={out / 'growth'}",
              f"data.path={args.data}"])
     growth_dirs = sorted((out / "growth").glob("stage*_*"))
     grown = curve(growth_dirs)
     large = OmegaConf.load(growth_dirs[-1] / "stage.yaml")
+    schedule = OmegaConf.load(REPO / "configs/growth/schedule" / f"{args.schedule}.yaml")
+    first = schedule.stages[0]
     per_step_large = flops_per_step(growth_dirs[-1] / "stage.yaml")
     scratch_iters = int(round(grown["flops"][-1] / per_step_large))
     m = large.model
@@ -132,17 +137,20 @@ def main() -> None:
          f"data.path={args.data}", f"model.num_layers={m.num_layers}", f"model.hidden_size={m.hidden_size}",
          f"model.num_attention_heads={m.num_attention_heads}", f"model.num_query_groups={m.num_query_groups}",
          f"model.kv_channels={m.kv_channels}", f"model.ffn_hidden_size={m.ffn_hidden_size}",
-         f"train.train_iters={scratch_iters}", "train.lr=3.0e-3", "train.min_lr=3.0e-4",
-         "train.lr_warmup_iters=15", f"train.lr_decay_iters={scratch_iters}",
+         f"train.train_iters={scratch_iters}", f"train.lr={first.lr}", f"train.min_lr={first.min_lr}",
+         f"train.lr_warmup_iters={first.warmup_iters}", f"train.lr_decay_iters={scratch_iters}",
          f"train.global_batch_size={large.train.global_batch_size}",
-         f"train.micro_batch_size={large.train.micro_batch_size}", "train.eval_interval=25", "train.eval_iters=2",
-         "train.log_interval=25", "checkpoint.save_interval=0", "checkpoint.async_save=false",
-         "logging.wandb.mode=disabled"])
+         f"train.micro_batch_size={large.train.micro_batch_size}", *schedule.trainer_overrides])
     if not args.analyse_only:
         run(scratch_cmd)
     scratch = curve([out / "scratch"])
 
     saved = compute_saved(grown, scratch)
+    small_steps = len(read_metrics(growth_dirs[0])[0])
+    small_flops = grown["flops"][small_steps - 1]
+    for kind in saved.values():  # where the growth arm got there: inside its small stage, or after growth
+        reach = kind["growth_flops_to_reach"]
+        kind["reached_in"] = None if reach is None else ("small stage" if reach <= small_flops else "grown stage")
     target = saved["train_smoothed"]["scratch_final_loss"]
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": "2-core CPU (shared)",
@@ -152,7 +160,10 @@ def main() -> None:
         "final_smoothed": {"growth": grown["smoothed"][-1], "scratch": scratch["smoothed"][-1]},
         "final_eval": {"growth": grown["eval"][-1][1] if grown["eval"] else None,
                        "scratch": scratch["eval"][-1][1] if scratch["eval"] else None},
-        "scratch_iters": scratch_iters, "growth_iters": len(grown["flops"]),
+        "scratch_iters": scratch_iters, "growth_iters": len(grown["flops"]), "schedule": args.schedule,
+        "small_stage_share_of_flops": small_flops / grown["flops"][-1],
+        "small_stage_final": {"smoothed": grown["smoothed"][small_steps - 1],
+                              "eval": max((p for p in grown["eval"] if p[0] <= small_flops), default=(0, None))[1]},
     }
     (out / "results.json").write_text(json.dumps({**result, "curves": {"growth": grown, "scratch": scratch}}))
     print(json.dumps(result, indent=1))
@@ -170,13 +181,13 @@ def main() -> None:
         ax.plot(c["flops"], c["smoothed"], color=color, label=f"{name} (train, smoothed)")
         if c["eval"]:
             ax.plot(*zip(*c["eval"]), "o--", color=color, ms=4, lw=0.8, label=f"{name} (held-out)")
-    boundary = grown["flops"][len(read_metrics(growth_dirs[0])[0]) - 1]
+    boundary = small_flops
     ax.axvline(boundary, color="gray", ls=":", lw=1, label="growth")
     ax.axhline(target, color="black", lw=0.6, ls="--")
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("loss")
     fraction = saved["train_smoothed"]["saved"]
-    ax.set_title("tiny Tele-FLM, demo corpus, 2-core CPU"
+    ax.set_title(f"{args.schedule}: Tele-FLM, demo corpus, 2-core CPU"
                  + (f": {fraction:.0%} less compute to reach scratch's loss" if fraction is not None else ""),
                  fontsize=10)
     ax.legend(fontsize=8)
