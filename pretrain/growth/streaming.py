@@ -227,8 +227,10 @@ def grow_streaming(source: Path, parts_root: Path, spec: GrowthSpec, new_model_c
                    tp: int, pp: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Iterator[dict]:
     """Grow every tensor of ``source`` slice by slice into part checkpoints under ``parts_root``.
 
-    Collective over the default process group.  Yields one record per step
-    (this rank's slice count and bytes, for the benchmark's accounting).
+    Collective over the default process group (dist_checkpointing takes no other: on GPU that is
+    the trainer's NCCL group, which serves, since only pickled plans travel through it and the
+    tensors stay on the CPU).  Yields one record per step: this rank's slice count, grown bytes
+    and bytes of old blocks read (the benchmark's and the trainer's accounting).
     """
     return_freed_memory()
     metadata = dist_checkpointing.load_tensors_metadata(str(source))
@@ -244,6 +246,7 @@ def grow_streaming(source: Path, parts_root: Path, spec: GrowthSpec, new_model_c
     for step in range(steps):
         batch = mine[step] if step < len(mine) else []
         requests = _old_requests(batch, spec, dtypes)
+        read_bytes = sum(block.data.numel() * block.data.element_size() for block in requests.values())
         loaded = dist_checkpointing.load(requests, str(source), validate_access_integrity=False)
         del requests
         grown = _grow_batch(batch, loaded, spec, new_model_cfg, seed, dtypes)
@@ -255,7 +258,8 @@ def grow_streaming(source: Path, parts_root: Path, spec: GrowthSpec, new_model_c
             dist.barrier()
         save_synchronously(grown, part, validate_access_integrity=False)
         del grown
-        yield {"step": step, "slices": len(batch), "bytes": sum(piece.nbytes for piece in batch)}
+        yield {"step": step, "slices": len(batch), "bytes": sum(piece.nbytes for piece in batch),
+               "read_bytes": read_bytes}
 
 
 def part_key(key: str, offset: tuple[int, ...], global_shape: tuple[int, ...]) -> str:
