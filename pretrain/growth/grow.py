@@ -1,4 +1,7 @@
-"""Grow a trainer checkpoint offline: any TP/PP in, a layout-free grown checkpoint out.
+"""Grow a trainer checkpoint: any TP/PP in, a layout-free grown checkpoint out.
+
+Called by a grown stage's first trainer launch on all its ranks
+(:mod:`pretrain.train.growth_start`), or offline (tests, benchmarks).
 
 The trainer's checkpoints keep every tensor in model space (global shapes,
 layers stacked on a leading axis), optimizer state included when it is

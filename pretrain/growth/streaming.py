@@ -213,8 +213,10 @@ def return_freed_memory(threshold: int = 1 << 20) -> None:
 
     glibc raises its mmap threshold after the first large free (up to 32 MiB), so slices of
     a few MiB then come from the heap and freed ones stay resident: peak RSS would grow with
-    the number of slices, not with the largest.  Process-wide and permanent (growth runs in
-    its own process: the runner's, or a torchrun worker).  No-op where ``mallopt`` is missing.
+    the number of slices, not with the largest.  Process-wide and permanent: in a staged run
+    growth runs in the grown stage's trainer workers (pretrain.train.growth_start), so their
+    training keeps the 1 MiB threshold too (the CPU-side allocations above it are mmapped;
+    not measured for speed on GPU).  No-op where ``mallopt`` is missing.
     """
     try:
         libc = ctypes.CDLL(None)
