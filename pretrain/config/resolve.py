@@ -109,6 +109,13 @@ def resolve_precision(cfg: DictConfig, on_gpu: bool) -> None:
         cfg.train.bf16 = on_gpu
 
 
+def growth_source(cfg: DictConfig) -> Path | None:
+    """``growth.source``: the checkpoint a grown stage grows from at its first launch
+    (:mod:`pretrain.train.growth_start`); None for any other run."""
+    source = OmegaConf.select(cfg, "growth.source")
+    return None if source is None else Path(source)
+
+
 def resolve_config(cfg: DictConfig, manifest: dict[str, Any] | None, load_dir: Path | None,
                    on_gpu: bool | None = None) -> DictConfig:
     """Fill in what the data, the machine and an existing checkpoint decide.
@@ -116,7 +123,8 @@ def resolve_config(cfg: DictConfig, manifest: dict[str, Any] | None, load_dir: P
     * ``model.vocab_size`` comes from the tokenizer manifest (the model config's without one:
       a dry run on a login node that cannot see the data).
     * ``model.padded_vocab_size`` is the checkpoint's when resuming (so a run
-      can reshard to a TP that divides it), else vocab padded for this TP.
+      can reshard to a TP that divides it), the growth source's when a grown stage has not
+      grown yet (growth keeps the old vocabulary), else vocab padded for this TP.
     * ``train.bf16`` null: true on GPUs (:func:`resolve_precision`).
     """
     cfg = typed(cfg)  # a resolved, typed copy (interpolations gone)
@@ -126,8 +134,9 @@ def resolve_config(cfg: DictConfig, manifest: dict[str, Any] | None, load_dir: P
     tp = cfg.parallel.tensor_model_parallel_size
     if cfg.model.padded_vocab_size is None:
         padded = None
-        if load_dir is not None and (load_dir / RUN_CONFIG).is_file():
+        decided_by = load_dir if load_dir is not None else growth_source(cfg)
+        if decided_by is not None and (decided_by / RUN_CONFIG).is_file():
             # a saved run_config.yaml is untyped (and may predate the key)
-            padded = OmegaConf.select(saved_run_config(load_dir), "model.padded_vocab_size")
+            padded = OmegaConf.select(saved_run_config(decided_by), "model.padded_vocab_size")
         cfg.model.padded_vocab_size = int(padded) if padded else resolved_vocab_size(cfg.model, tp)
     return cfg

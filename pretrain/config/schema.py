@@ -260,7 +260,9 @@ class PretrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     # Free-form: read by launch/ and pretrain.tools.fit_check (configs/cluster/*.yaml).
     cluster: Dict[str, Any] = field(default_factory=dict)
-    # A grown stage (pretrain/growth, docs/growth.md): spec + start_iteration + ramp_iters; null otherwise.
+    # A grown stage (pretrain/growth, docs/growth.md): the runner writes source + ramp_iters + depth_position
+    # + depth_init, the stage's first launch grows (pretrain/train/growth_start.py) and adds spec +
+    # start_iteration; a config may also give the completed block directly. Null otherwise.
     growth: Optional[Any] = None
     # +experiment=mup_coord_check's settings (pretrain/tools/coord_check.py).
     coord_check: Optional[Any] = None

@@ -5,13 +5,16 @@
 override applied to every stage (e.g. ``data.path=...``).
 
 For each stage of ``configs/growth/schedule/<name>.yaml``: compose the trainer
-config (``configs/pretrain.yaml`` + the stage's model/parallel/LR keys), grow
-the previous stage's last checkpoint into this stage's run directory if that
-has not happened yet, write the stage's config to ``<stage dir>/stage.yaml``
+config (``configs/pretrain.yaml`` + the stage's model/parallel/LR keys); for a
+grown stage add the ``growth`` request (the previous stage's last checkpoint
+and the growth options); write the stage's config to ``<stage dir>/stage.yaml``
 and run the trainer CLI on it (torchrun when the layout needs several
-processes).  Re-running the command resumes: finished stages are skipped, a
-stage with checkpoints resumes from its latest one (mid-ramp included: the
-mask value is a function of the saved iteration).
+processes).  The runner grows nothing itself: the grown stage's first trainer
+launch grows the checkpoint on its own ranks, streaming, before loading it
+(``pretrain.train.growth_start``).  Re-running the command resumes: a stage
+whose latest checkpoint is at its last iteration is skipped as done, a stage
+with checkpoints resumes from its latest one (mid-ramp included: the mask value
+is a function of the saved iteration), a stage without any grows and trains.
 """
 
 from __future__ import annotations
@@ -94,7 +97,8 @@ def run_trainer(stage_dir: Path, cfg: DictConfig) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    # The trainer builds the masked model and ramps it (pretrain.train.callbacks.growth_ramp).
+    # The trainer grows the checkpoint at a grown stage's first launch (pretrain.train.growth_start),
+    # builds the masked model and ramps it (pretrain.train.callbacks.growth_ramp).
     args = ["-m", "pretrain", "--config-dir", str(stage_dir.resolve()), "--config-name", "stage"]
     n = world_size(cfg)
     cmd = [sys.executable, *(["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] if n > 1
@@ -113,42 +117,26 @@ def latest_iteration(run_dir: Path) -> int | None:
     return None if path is None else int(path.name.split("_")[-1])
 
 
-def grow_into(previous: DictConfig, stage: Stage, cfg: DictConfig) -> DictConfig:
-    """Grow the previous stage's final checkpoint into this stage's run dir (single process)."""
-    import torch.distributed as dist
+def growth_request(previous: DictConfig, stage: Stage, cfg: DictConfig, fresh: bool) -> DictConfig:
+    """``cfg`` with the growth block that asks the stage's first trainer launch to grow the
+    previous stage's final checkpoint (pretrain.train.growth_start), on the stage's own ranks.
 
-    from pretrain.checkpoint import checkpoint_name, checkpoints_root, latest_checkpoint, write_latest_marker
-    from pretrain.cpu_shims import activate_cpu_shims
-    from pretrain.growth.grow import grow_checkpoint
+    ``fresh`` (the stage has no checkpoint yet): the source must be there. A resumed stage
+    takes spec and start iteration from its own checkpoints; the request is only checked
+    against them."""
+    from pretrain.checkpoint import checkpoint_name, checkpoints_root, latest_checkpoint
 
-    source = latest_checkpoint(previous.run_dir)
     end = int(previous.train.train_iters)
-    if source is None or int(source.name.split("_")[-1]) != end:
-        raise GrowthConfigError(f"stage {stage.name}: the previous stage's last checkpoint should be "
-                                f"{checkpoint_name(end)} in {previous.run_dir}, found {source}")
-    activate_cpu_shims()
-    if not dist.is_initialized():
-        from pretrain.train.setup import free_port
-
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-        dist.init_process_group("gloo", rank=0, world_size=1)
-    target = checkpoints_root(cfg.run_dir) / checkpoint_name(end)
-    grown = grow_checkpoint(source, target, cfg, ramp_iters=stage.mask_ramp_iters,
-                            depth_position=stage.depth_position, depth_init=stage.depth_init)
-    write_latest_marker(cfg.run_dir, end)
-    print(f"[growth] grew {source} -> {target}", flush=True)
-    return grown
-
-
-def grown_block(stage_dir: Path) -> DictConfig:
-    """The ``growth`` block a grown stage was created with (its stage.yaml, else the grown
-    checkpoint's run_config.yaml — the earliest checkpoint of the stage)."""
-    saved = stage_dir / STAGE_CONFIG
-    if saved.is_file():
-        return OmegaConf.load(saved).growth
-    first = sorted((stage_dir / "checkpoints").glob("iter_*"))[0]
-    return OmegaConf.load(first / "run_config.yaml").growth
+    source = checkpoints_root(previous.run_dir) / checkpoint_name(end)
+    if fresh:
+        found = latest_checkpoint(previous.run_dir)
+        if found is None or found.name != source.name:
+            raise GrowthConfigError(f"stage {stage.name}: the previous stage's last checkpoint should be "
+                                    f"{source.name} in {previous.run_dir}, found {found}")
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    cfg.growth = {"source": str(source.resolve()), "ramp_iters": stage.mask_ramp_iters,
+                  "depth_position": stage.depth_position, "depth_init": stage.depth_init}
+    return cfg
 
 
 def run(argv: list[str]) -> list[Path]:
@@ -160,13 +148,9 @@ def run(argv: list[str]) -> list[Path]:
         stage_dir = Path(cfg.run_dir)
         stage_dirs.append(stage_dir)
         done = latest_iteration(stage_dir)
-        if stage.grown and done is None:
-            cfg = grow_into(previous, stage, cfg)
-        elif stage.grown:  # resuming: the growth block (spec, start) was fixed when it grew
-            cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-            cfg.growth = grown_block(stage_dir)
+        if stage.grown:
+            cfg = growth_request(previous, stage, cfg, fresh=done is None)
         write_stage_config(cfg, stage_dir)
-        done = latest_iteration(stage_dir)
         if done is None or done < cfg.train.train_iters:
             print(f"[growth] stage {stage.index} ({stage.name}): iterations "
                   f"{done or 0} -> {cfg.train.train_iters}", flush=True)

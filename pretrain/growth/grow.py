@@ -1,4 +1,7 @@
-"""Grow a trainer checkpoint offline: any TP/PP in, a layout-free grown checkpoint out.
+"""Grow a trainer checkpoint: any TP/PP in, a layout-free grown checkpoint out.
+
+Called by a grown stage's first trainer launch on all its ranks
+(:mod:`pretrain.train.growth_start`), or offline (tests, benchmarks).
 
 The trainer's checkpoints keep every tensor in model space (global shapes,
 layers stacked on a leading axis), optimizer state included when it is
@@ -31,7 +34,7 @@ element's global index, :mod:`pretrain.growth.fresh`):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -127,7 +130,8 @@ def _sharded(tensors: dict[str, torch.Tensor]) -> dict[str, ShardedTensor]:
 def grow_checkpoint(source: str | Path, target: str | Path, new_cfg: DictConfig, ramp_iters: int,
                     depth_position: str = "top", depth_init: str = "copy",
                     seed: int | None = None, streaming: bool | None = None,
-                    budget_bytes: int = DEFAULT_BUDGET_BYTES) -> DictConfig:
+                    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+                    on_step: Callable[[dict], None] | None = None) -> DictConfig:
     """Write ``target`` (a checkpoint directory) = ``source`` grown to ``new_cfg.model``.
 
     ``new_cfg`` is the next stage's full trainer config.  Returns it completed
@@ -138,7 +142,10 @@ def grow_checkpoint(source: str | Path, target: str | Path, new_cfg: DictConfig,
     initialised) grows slice by slice over the ranks of the new stage's
     ``parallel`` layout, at most ``budget_bytes`` of grown slices per rank and
     step; otherwise this process grows whole tensors (every rank of a group
-    computes them, rank 0 writes).
+    computes them, rank 0 writes).  ``on_step`` gets each streaming step's
+    record (:func:`pretrain.growth.streaming.grow_streaming`): the trainer
+    counts the bytes read and written and tells its hang watchdog that the
+    growth is moving.
     """
     source, target = Path(source), Path(target)
     old_cfg = OmegaConf.load(source / RUN_CONFIG)
@@ -164,10 +171,11 @@ def grow_checkpoint(source: str | Path, target: str | Path, new_cfg: DictConfig,
         dist.barrier()
     if streaming:
         parallel = new_cfg.parallel
-        for _ in grow_streaming(source, parts_dir(target), spec, new_cfg.model, seed,
+        for record in grow_streaming(source, parts_dir(target), spec, new_cfg.model, seed,
                                 tp=int(parallel.tensor_model_parallel_size),
                                 pp=int(parallel.pipeline_model_parallel_size), budget_bytes=budget_bytes):
-            pass
+            if on_step is not None:
+                on_step(record)
         tensors: dict[str, ShardedTensor] = {}
     else:
         tensors = _sharded(grow_state(load_full_tensors(source), spec, new_cfg.model, seed))

@@ -213,8 +213,10 @@ def return_freed_memory(threshold: int = 1 << 20) -> None:
 
     glibc raises its mmap threshold after the first large free (up to 32 MiB), so slices of
     a few MiB then come from the heap and freed ones stay resident: peak RSS would grow with
-    the number of slices, not with the largest.  Process-wide and permanent (growth runs in
-    its own process: the runner's, or a torchrun worker).  No-op where ``mallopt`` is missing.
+    the number of slices, not with the largest.  Process-wide and permanent: in a staged run
+    growth runs in the grown stage's trainer workers (pretrain.train.growth_start), so their
+    training keeps the 1 MiB threshold too (the CPU-side allocations above it are mmapped;
+    not measured for speed on GPU).  No-op where ``mallopt`` is missing.
     """
     try:
         libc = ctypes.CDLL(None)
@@ -227,8 +229,10 @@ def grow_streaming(source: Path, parts_root: Path, spec: GrowthSpec, new_model_c
                    tp: int, pp: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Iterator[dict]:
     """Grow every tensor of ``source`` slice by slice into part checkpoints under ``parts_root``.
 
-    Collective over the default process group.  Yields one record per step
-    (this rank's slice count and bytes, for the benchmark's accounting).
+    Collective over the default process group (dist_checkpointing takes no other: on GPU that is
+    the trainer's NCCL group, which serves, since only pickled plans travel through it and the
+    tensors stay on the CPU).  Yields one record per step: this rank's slice count, grown bytes
+    and bytes of old blocks read (the benchmark's and the trainer's accounting).
     """
     return_freed_memory()
     metadata = dist_checkpointing.load_tensors_metadata(str(source))
@@ -244,6 +248,7 @@ def grow_streaming(source: Path, parts_root: Path, spec: GrowthSpec, new_model_c
     for step in range(steps):
         batch = mine[step] if step < len(mine) else []
         requests = _old_requests(batch, spec, dtypes)
+        read_bytes = sum(block.data.numel() * block.data.element_size() for block in requests.values())
         loaded = dist_checkpointing.load(requests, str(source), validate_access_integrity=False)
         del requests
         grown = _grow_batch(batch, loaded, spec, new_model_cfg, seed, dtypes)
@@ -255,7 +260,8 @@ def grow_streaming(source: Path, parts_root: Path, spec: GrowthSpec, new_model_c
             dist.barrier()
         save_synchronously(grown, part, validate_access_integrity=False)
         del grown
-        yield {"step": step, "slices": len(batch), "bytes": sum(piece.nbytes for piece in batch)}
+        yield {"step": step, "slices": len(batch), "bytes": sum(piece.nbytes for piece in batch),
+               "read_bytes": read_bytes}
 
 
 def part_key(key: str, offset: tuple[int, ...], global_shape: tuple[int, ...]) -> str:

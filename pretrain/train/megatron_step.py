@@ -269,16 +269,17 @@ def build_megatron_model(cfg: DictConfig, check_for_nan_in_grad: bool, initializ
 
 
 def build_megatron_step(cfg: DictConfig, manifest: dict, spike_recovery_on: bool):
-    """(step, progress, resumed): process groups, model, optimizer, the checkpoint to resume, data."""
+    """(step, progress, resumed): model, optimizer, the checkpoint to resume, data.
+
+    The process groups exist already (``setup.init_distributed``, called by the run first so
+    that a grown stage can grow its checkpoint in between: ``pretrain.train.growth_start``)."""
     from megatron.core.num_microbatches_calculator import init_num_microbatches_calculator, \
         unset_num_microbatches_calculator
 
     from pretrain.data import build_datasets
     from pretrain.config.resolve import resolve_load_dir
-    from pretrain.train.setup import init_distributed
 
     load_dir = resolve_load_dir(cfg)
-    init_distributed(cfg)
     rank = dist.get_rank()
     run_dir = Path(cfg.run_dir)
     if rank == 0:

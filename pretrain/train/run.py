@@ -38,9 +38,10 @@ from pretrain.config.validate import validate
 
 
 def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: bool,
-                    train_stream: MixtureStream,
-                    watchdog: HangWatchdog | None = None) -> tuple[list[Callback], Metrics]:
-    """The features, in the order their ``after_step`` runs (``on_end`` runs in reverse)."""
+                    train_stream: MixtureStream, watchdog: HangWatchdog | None = None,
+                    grown_here: dict[str, Any] | None = None) -> tuple[list[Callback], Metrics]:
+    """The features, in the order their ``after_step`` runs (``on_end`` runs in reverse).
+    ``grown_here``: the growth report when this launch grew its checkpoint (growth_start)."""
     from pretrain.growth.masked import growth_block
 
     t = cfg.train
@@ -61,7 +62,7 @@ def build_callbacks(cfg: DictConfig, manifest: dict, resumed: bool, has_valid: b
     if rank_faults is not None:   # test-only (docs/fault_tolerance.md)
         callbacks.append(rank_faults)
     if growth_block(cfg) is not None:
-        callbacks.append(GrowthRamp(cfg, heldout, metrics))  # m per step; held-out at m = 0
+        callbacks.append(GrowthRamp(cfg, heldout, metrics, grown_here))  # m per step; held-out at m = 0
     kind, step = fault_from(cfg)
     if kind != "none":
         callbacks.append(FaultInjection(kind, step, spike_log))
@@ -99,6 +100,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
 
 def _train(cfg: DictConfig, manifest: dict, deepspeed: bool, spikes_enabled: bool,
            watchdog: HangWatchdog | None) -> dict[str, Any] | None:
+    grown_here = None
     if deepspeed:
         from pretrain.data import build_datasets
         from pretrain.train.deepspeed_step import build_deepspeed_step
@@ -106,11 +108,16 @@ def _train(cfg: DictConfig, manifest: dict, deepspeed: bool, spikes_enabled: boo
         step, progress, resumed = build_deepspeed_step(cfg)
         step.datasets = build_datasets(cfg, manifest, Path(cfg.run_dir) / "data_cache")
     else:
+        from pretrain.train.growth_start import grow_at_start
         from pretrain.train.megatron_step import build_megatron_step
+        from pretrain.train.setup import init_distributed
 
+        init_distributed(cfg)
+        # a grown stage's first launch grows its checkpoint here, on this stage's ranks (streaming)
+        cfg, grown_here = grow_at_start(cfg, watchdog)
         step, progress, resumed = build_megatron_step(cfg, manifest, spikes_enabled)
     callbacks, metrics = build_callbacks(cfg, manifest, resumed, step.datasets.valid is not None,
-                                         step.datasets.train, watchdog)
+                                         step.datasets.train, watchdog, grown_here)
     trainer = Trainer(step, progress, callbacks, cfg.train.train_iters, cfg.train.global_batch_size,
                       cfg.model.seq_length)
     trainer.load_callback_state(progress.trainer_state)

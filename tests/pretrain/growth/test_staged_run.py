@@ -8,17 +8,24 @@ the same command re-run; every assertion reads those two runs' metrics.jsonl fil
 Function preservation on real data: each grown stage's first step logs a ``growth`` row, the
 held-out set scored by the grown model at m = 0 (pretrain/train/callbacks/growth_ramp.py); the
 previous stage's final ``heldout`` row is the old model on the same documents.
+
+Growth on the stage's own ranks: the runner grows nothing; each grown stage's first trainer
+launch (2 processes, the stage's TP/PP) grows the previous checkpoint streaming
+(pretrain/train/growth_start.py), and the ``growth`` row's ``grown_here`` says so: world size,
+layout, per-rank bytes read and written.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from pretrain.checkpoint import write_latest_marker
@@ -61,7 +68,8 @@ def run_schedule(data: Path, run_dir: Path) -> str:
 def staged(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("staged")
     data, run_dir = make_indexed_dataset(root / "data"), root / "run"
-    run_schedule(data, run_dir)
+    leftovers = plant_interrupted_growth(run_dir / "stage1_wider" / "checkpoints", STAGE_ITERS)
+    straight_out = run_schedule(data, run_dir)
     stages = sorted(run_dir.glob("stage*_*"))
     last = stages[-1]
     straight = step_losses(last)
@@ -71,7 +79,31 @@ def staged(tmp_path_factory) -> dict:
             shutil.rmtree(path)
     write_latest_marker(str(last), ROLLBACK_TO)
     resumed_out = run_schedule(data, run_dir)
-    return {"stages": stages, "straight": straight, "resumed": step_losses(last), "resumed_out": resumed_out}
+    return {"stages": stages, "straight": straight, "resumed": step_losses(last), "resumed_out": resumed_out,
+            "straight_out": straight_out, "leftovers": leftovers}
+
+
+def plant_interrupted_growth(checkpoints: Path, iteration: int) -> list[Path]:
+    """What a growth killed midway leaves (no ``latest`` marker): a staging directory with a
+    partial save, its part checkpoints, and a renamed target whose marker was never written.
+    The stage's first launch must clear them and grow again."""
+    name = f"iter_{iteration:07d}"
+    staging, parts, target = (checkpoints / f".{name}.growing", checkpoints / f"..{name}.growing.growth_parts",
+                              checkpoints / name)
+    for directory in (staging, parts / "000000", target):
+        directory.mkdir(parents=True)
+    (staging / "__0_0.distcp").write_bytes(b"partial")
+    (parts / "000000" / "__1_0.distcp").write_bytes(b"partial")
+    (target / "run_config.yaml").write_text("growth: null\n")
+    return [staging, parts]
+
+
+def tensor_bytes(checkpoint: Path) -> int:
+    """Bytes of every tensor of a dist checkpoint at its global shape (from its metadata)."""
+    from megatron.core.dist_checkpointing import load_tensors_metadata
+
+    return sum(math.prod(item.global_shape) * torch.empty((), dtype=item.dtype).element_size()
+               for item in load_tensors_metadata(str(checkpoint)).values())
 
 
 @pytest.mark.slow  # two runner invocations, 4 trainer launches: 126 s measured on a loaded 2-core box
@@ -97,6 +129,20 @@ def test_staged_run_grows_continuously_across_layouts_and_resumes_mid_ramp(stage
         assert old_loss.keys() == new_loss.keys()
         for name, loss in old_loss.items():
             assert abs(new_loss[name] - loss) / loss < REL_TOL_GROWTH, (new, name, loss, new_loss[name])
+        # grown by the stage's own 2 ranks, streaming: each read only part of the old checkpoint,
+        # together they wrote the grown checkpoint once
+        grown = growth[0]["grown_here"]
+        assert (grown["world_size"], grown["streaming"]) == (2, True), grown
+        assert (grown["tp"], grown["pp"]) == layouts[k], grown
+        assert grown["target"] == str(new / "checkpoints" / f"iter_{end:07d}")
+        old_bytes = tensor_bytes(old / "checkpoints" / f"iter_{end:07d}")
+        assert all(0 < read < old_bytes for read in grown["read_bytes"]), (grown["read_bytes"], old_bytes)
+        assert all(written > 0 for written in grown["written_bytes"]), grown
+        assert sum(grown["written_bytes"]) == tensor_bytes(Path(grown["target"])), grown
+    assert staged["straight_out"].count("streaming=True)") == 2, staged["straight_out"][-3000:]
+    assert "[growth] grew" not in staged["resumed_out"]   # a resumed stage does not grow again
+    # the interrupted growth's leftovers were cleared, and the grown target replaced the stale one
+    assert not any(path.exists() for path in staged["leftovers"])
 
     # resumed mid-ramp: the last stage's later steps are the uninterrupted run's
     assert "stage 0 (small) already done" in staged["resumed_out"]
