@@ -42,11 +42,29 @@ def pytest_runtest_setup(item):
         _start_ray()
 
 
+def _ray_needed_later_in_directory(session) -> dict[str, bool]:
+    """nodeid -> whether a later test in the same directory needs Ray (computed once per session)."""
+    needed = getattr(session, "_ray_needed_later", None)
+    if needed is None:
+        needed, seen = {}, set()
+        for item in reversed(session.items):
+            directory = item.path.parent
+            needed[item.nodeid] = directory in seen
+            if "ray_cluster" in item.fixturenames:
+                seen.add(directory)
+        session._ray_needed_later = needed
+    return needed
+
+
 def pytest_runtest_teardown(item, nextitem):
-    """Stop Ray once the next test does not need it: an idle cluster costs ~5% of a core for the
-    rest of the session (raylet, GCS and agents polling), time the multi-process tests want."""
+    """Stop Ray once no later test of this directory needs it: an idle cluster costs ~5% of a core
+    for the rest of the session (raylet, GCS and agents polling), time the multi-process tests want.
+    Between two Ray tests of one directory it stays up: the non-Ray tests between them are mostly short, and a
+    stop and a restart cost ~4 s (tests/data_pipeline interleaves 12 groups of Ray tests)."""
     import sys
 
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized() and nextitem is not None and "ray_cluster" not in nextitem.fixturenames:
+    if ray is None or not ray.is_initialized() or nextitem is None or "ray_cluster" in nextitem.fixturenames:
+        return
+    if not _ray_needed_later_in_directory(item.session).get(item.nodeid, False):
         ray.shutdown()

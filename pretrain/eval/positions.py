@@ -20,9 +20,10 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 REPORT_KEY = "position buckets"
 
@@ -46,12 +47,17 @@ def position_edges(seq_length: int, boundaries: Sequence[int] | None = None) -> 
 
 def bucket_index(edges: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
     """For every position in ``[0, seq_length)`` the bucket it falls in."""
+    import torch  # here, not at module level: config validation (position_edges) runs in the launching
+    #               process of ``python -m pretrain``, which has no other use for torch
+
     positions = torch.arange(edges[-1], device=device)
     return torch.bucketize(positions, torch.tensor(edges[1:-1], device=device), right=True)
 
 
 def bucket_sums(token_losses: torch.Tensor, loss_mask: torch.Tensor, edges: Sequence[int]) -> torch.Tensor:
     """``[buckets, 2]``: summed nats and predicted-token count per position bucket of a ``[b, s]`` batch."""
+    import torch
+
     mask = loss_mask.float().reshape(token_losses.shape)
     nats = (token_losses.float() * mask).sum(0)
     counts = mask.sum(0)

@@ -75,12 +75,27 @@ def init_distributed(cfg: DictConfig) -> None:
 
 
 def shutdown() -> None:
+    """The end of a training process (every caller exits next): process groups torn down, and
+    the heap frozen so that the interpreter's exit skips the garbage collector's passes."""
     from megatron.core import parallel_state
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+    freeze_heap_for_exit()
+
+
+def freeze_heap_for_exit() -> None:
+    """torch and megatron-core leave ~400k objects alive; the collections the interpreter runs
+    at exit walk them all, ~2 s of CPU per process for nothing (measured on a 2-core box: a
+    process that imports pretrain.train.run and exits, 7.6 s of CPU; with this first, 6.0 s).
+    gc.freeze() moves what is alive now out of the collector's reach: atexit handlers still
+    run, reference counting still closes files; only cyclic garbage left at exit stays
+    uncollected, as it may anyway at interpreter exit."""
+    import gc
+
+    gc.freeze()
 
 
 def flops_per_token(cfg: DictConfig) -> float:

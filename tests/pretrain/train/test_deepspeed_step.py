@@ -5,6 +5,8 @@ against it: ZeRO-1 DP2, ZeRO-2 TP2 (megatron TP model through the mpu adapter,
 DP1) with the optimizer offloaded to CPU, and ZeRO-3 DP2 trained 5 steps then
 resumed to 10.  Measured on CPU/fp32: every step's loss equals megatron DP2's
 within 1.2e-7 (ZeRO-1: 0; ZeRO-2 TP2 + offload, ZeRO-3 5+5 resume: 1.2e-7).
+A copy of the ZeRO-1 run, its newest checkpoint truncated, checks that DeepSpeed
+checkpoints carry integrity.json too (rejected on resume, the previous one loaded).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,9 +66,15 @@ def megatron_losses(work) -> dict[int, float]:
     return losses(run_dir)
 
 
-def test_zero1_dp2_matches_the_megatron_backend(work, megatron_losses):
+@pytest.fixture(scope="module")
+def zero1_run(work) -> tuple[Path, str]:
+    """ZeRO-1 DP2, 10 steps, checkpoints at 5 and 10: (run dir, stdout). Tests that change it work on a copy."""
     run_dir = work / "zero1"
-    stdout = launch(work, run_dir, "parallel=dp2", "backend=deepspeed", "deepspeed.zero_stage=1")
+    return run_dir, launch(work, run_dir, "parallel=dp2", "backend=deepspeed", "deepspeed.zero_stage=1")
+
+
+def test_zero1_dp2_matches_the_megatron_backend(zero1_run, megatron_losses):
+    run_dir, stdout = zero1_run
     assert "launching 2 local processes" in stdout
     got = losses(run_dir)
     assert sorted(got) == list(range(1, 11))
@@ -81,6 +90,31 @@ def test_zero1_dp2_matches_the_megatron_backend(work, megatron_losses):
     ckpts = run_dir / "checkpoints_ds"
     assert (ckpts / "latest").read_text().strip() == "iter_0000010"
     assert sorted(p.name for p in ckpts.glob("iter_*")) == ["iter_0000005", "iter_0000010"]
+
+
+def test_truncated_deepspeed_checkpoint_is_rejected_and_run_resumes_from_previous(work, zero1_run, tmp_path):
+    """DeepSpeed checkpoints (``checkpoints_ds/``) carry integrity.json too: 2 real processes (ZeRO-1,
+    DP2), so the hashing and the verification are split over ranks and gathered. A truncated file in
+    the newest checkpoint is rejected on resume and the run continues from the previous one."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(zero1_run[0], run_dir)
+    root = run_dir / "checkpoints_ds"
+    newest = root / "iter_0000010"
+    victim = max((p for p in newest.rglob("*.pt")), key=lambda p: p.stat().st_size)
+    name = victim.relative_to(newest).as_posix()
+    with open(victim, "r+b") as f:
+        f.truncate(victim.stat().st_size // 2)
+
+    launch(work, run_dir, "parallel=dp2", "backend=deepspeed", "deepspeed.zero_stage=1")  # asserts exit 0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rejected = [r for r in rows if r.get("event") == "checkpoint_rejected"]
+    assert len(rejected) == 1 and rejected[0]["file"] == name, rejected
+    assert rejected[0]["fallback"] == "iter_0000005" and rejected[0]["step"] == 5
+    assert (run_dir / "checkpoints_rejected" / "iter_0000010" / name).is_file()
+    assert (root / "latest").read_text().strip() == "iter_0000010"
+    assert [r["step"] for r in rows if r.get("event") is None and "loss" in r] == list(range(1, 11))
+    record = json.loads((root / "iter_0000010" / "integrity.json").read_text())
+    assert "run_config.yaml" in record["files"] and len(record["files"]) >= 3, record
 
 
 def test_zero2_tp2_through_the_mpu_adapter_with_cpu_offload(work, megatron_losses):
