@@ -14,7 +14,11 @@ to ASCII, so that "Café 2019" and "cafe 1984" share statistics.
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
+from functools import lru_cache
+
+import numpy as np
 
 CJK_LANGS = ("zh", "ja")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
@@ -27,15 +31,38 @@ _PUNCT = str.maketrans({"，": ",", "。": ".", "、": ",", "“": '"', "”": '
                         "…": "...", "—": "-", "–": "-"})
 
 
+@lru_cache(maxsize=1)
+def _combining_table() -> np.ndarray:
+    """bool per code point: a non-zero canonical combining class (``unicodedata.combining``), built once per process.
+
+    0.2 s, paid by the first non-ASCII document a worker sees.
+    """
+    size = sys.maxunicode + 1
+    return np.fromiter((unicodedata.combining(chr(c)) != 0 for c in range(size)), dtype=bool, count=size)
+
+
+def _strip_accents(decomposed: str) -> str:
+    """Drop each combining mark that directly follows an ASCII character (an accent on a Latin letter).
+
+    A table look-up over the code points in numpy: the same marks a per-character ``combining(c)`` loop
+    drops, without a Python step per character, which cost ~0.1 CPU-s per MB of Chinese (every
+    character non-ASCII), twice per document (classifier and language model).
+    """
+    codes = np.frombuffer(decomposed.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    strip = _combining_table()[codes[1:]] & (codes[:-1] < 128)
+    if not strip.any():
+        return decomposed
+    keep = np.ones(len(codes), dtype=bool)
+    keep[1:] = ~strip
+    return codes[keep].tobytes().decode("utf-32-le", "surrogatepass")
+
+
 def normalize(text: str) -> str:
     """CCNet-style: lowercase, digits to 0, accents off Latin letters, typographic punctuation to ASCII."""
     text = text.lower().translate(_PUNCT)
     if not text.isascii():
-        decomposed = unicodedata.normalize("NFD", text)
         # strip combining marks only after a Latin base letter: NFD of Korean or Japanese kana is not reversible
-        kept = (c for i, c in enumerate(decomposed)
-                if not (unicodedata.combining(c) and i and decomposed[i - 1].isascii()))
-        text = unicodedata.normalize("NFC", "".join(kept))
+        text = unicodedata.normalize("NFC", _strip_accents(unicodedata.normalize("NFD", text)))
     return _DIGIT.sub("0", text)
 
 
