@@ -19,7 +19,10 @@ repetition for zh, then its 4-stage MinHash dedup with the same 5-gram
 shingles and 48 x 3 banding). datatrove's word tokenizers need spaCy; we
 give it a regex tokenizer instead (faster than spaCy, so its throughput here
 is an upper bound), and it runs no language id (its filter downloads a
-fastText model).
+fastText model). A second datatrove arm, ``datatrove_models``, adds its
+fastText classifier and KenLM perplexity filters with our shipped models and
+thresholds (``datatrove_model_filters``), the like-for-like comparison for our
+model stages; ``--datatrove-arms`` picks the arms.
 
 Dedup quality is scored on the documents that reached the dedup step in each
 pipeline: a planted duplicate removed by dedup is a true positive; any other
