@@ -19,7 +19,10 @@ repetition for zh, then its 4-stage MinHash dedup with the same 5-gram
 shingles and 48 x 3 banding). datatrove's word tokenizers need spaCy; we
 give it a regex tokenizer instead (faster than spaCy, so its throughput here
 is an upper bound), and it runs no language id (its filter downloads a
-fastText model).
+fastText model). A second datatrove arm, ``datatrove_models``, adds its
+fastText classifier and KenLM perplexity filters with our shipped models and
+thresholds (``datatrove_model_filters``), the like-for-like comparison for our
+model stages; ``--datatrove-arms`` picks the arms.
 
 Dedup quality is scored on the documents that reached the dedup step in each
 pipeline: a planted duplicate removed by dedup is a true positive; any other
@@ -237,6 +240,110 @@ def datatrove_filters(lang: str, tok) -> list:
     return filters
 
 
+def _patch_fasttext_numpy2() -> None:
+    """fasttext-wheel 0.9.2's ``predict`` calls ``np.array(probs, copy=False)``, which NumPy 2 rejects.
+
+    datatrove asks for the fasttext-numpy2-wheel build, which differs by exactly this; the venv has
+    fasttext-wheel (our stage calls the C++ predict directly instead). Same cost either way.
+    """
+    import fasttext.FastText as ft
+    import numpy as np
+
+    class _NumpyCopyFalse:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def array(obj, *args, copy=None, **kwargs):
+            return np.asarray(obj, *args, **kwargs) if copy is False else np.array(obj, *args, **kwargs)
+
+    ft.np = _NumpyCopyFalse()
+    import datatrove.utils._import_utils as dt_import
+
+    available = dt_import._is_distribution_available  # datatrove's check names the numpy-2 build: accept ours
+    dt_import._is_distribution_available = lambda name: name == "fasttext-numpy2-wheel" or available(name)
+
+
+def datatrove_model_filters(lang: str) -> list:
+    """datatrove's equivalents of our model stages, with our shipped models and thresholds.
+
+    - quality_model: datatrove's ``FastTextClassifierFilter`` (its predict, k=-1, whole document) with
+      ``quality_model.langs.<lang>.model``, keeping ``__label__hq`` >= ``min_score``;
+    - perplexity: datatrove's ``KenlmModel.get_perplexity`` (its CCNet normalisation, KenLM scoring)
+      with ``perplexity.langs.<lang>.model``, dropping above ``max_perplexity``.
+
+    Both models were trained on our tokenisation (data_pipeline/model_text.py: lowercased words,
+    Chinese characters one by one), which datatrove has no tokenizer for: its arm gets the same regex
+    in place of SentencePiece, applied after datatrove's own normalisation. So both arms normalise,
+    tokenise and score every document that reaches the model stages, each with its own code.
+    """
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import FastTextClassifierFilter
+    from datatrove.pipeline.filters.base_filter import BaseFilter
+    from datatrove.utils.perplexity import KenlmModel
+
+    from data_pipeline.model_config import resolve_model_path
+    from data_pipeline.model_text import _TOKEN
+    from data_pipeline.perplexity import _plain_arpa
+
+    cfg = pipeline_config()
+    clf, lm = cfg.quality_model, cfg.perplexity
+    if lang not in clf.langs or lang not in lm.langs:
+        return []
+    clf_chars, lm_chars = clf.max_chars, lm.max_chars
+
+    class RegexPieces:
+        """Stands in for KenlmModel's SentencePiece (its models are downloaded): space-joined regex tokens."""
+
+        def tokenize(self, text: str) -> str:
+            return " ".join(_TOKEN.findall(text))
+
+    class TokenizedFastText(BaseFilter):
+        """datatrove's FastTextClassifierFilter on the first ``max_chars``, normalised and tokenised as the model
+        was trained. Built in the worker, after the numpy-2 patch (datatrove's dependency check runs there)."""
+
+        name = "fastText quality"
+
+        def __init__(self, model_path: str, min_score: float) -> None:
+            super().__init__()
+            self.model_path, self.min_score = model_path, min_score
+            self._clf = None
+
+        def filter(self, doc: Document) -> bool:
+            if self._clf is None:
+                _patch_fasttext_numpy2()
+                self._clf = FastTextClassifierFilter(self.model_path, keep_labels=("hq", self.min_score),
+                                                     save_labels_in_metadata=False)
+                self._normalizer = KenlmModel("local", lang)
+            original = doc.text
+            doc.text = RegexPieces().tokenize(self._normalizer.normalize(original[:clf_chars]))
+            keep = self._clf.filter(doc)
+            doc.text = original
+            return keep
+
+    class PerplexityFilter(BaseFilter):
+        """datatrove's KenlmModel.get_perplexity on the first ``max_chars``; drops above ``max_perplexity``."""
+
+        name = "KenLM perplexity"
+
+        def __init__(self, model_path: str, max_perplexity: float) -> None:
+            super().__init__()
+            self.model_path, self.max_perplexity = model_path, max_perplexity
+            self._lm = None
+
+        def filter(self, doc: Document) -> bool:
+            if self._lm is None:  # loaded in the worker: a kenlm.Model does not pickle
+                import kenlm
+
+                self._lm = KenlmModel("local", lang)
+                self._lm._model = kenlm.Model(str(_plain_arpa(self.model_path)))
+                self._lm._tokenizer = RegexPieces()
+            return self._lm.get_perplexity(doc.text[:lm_chars]) <= self.max_perplexity
+
+    return [TokenizedFastText(str(resolve_model_path(clf.langs[lang].model)), float(clf.langs[lang].min_score)),
+            PerplexityFilter(str(resolve_model_path(lm.langs[lang].model)), float(lm.langs[lang].max_perplexity))]
+
+
 def minhash_config():
     """The same shingles and banding as our default: word/char 5-grams, 48 bands x 3 rows."""
     from datatrove.pipeline.dedup.minhash import MinhashConfig
@@ -245,7 +352,7 @@ def minhash_config():
     return MinhashConfig(hash_config=HashConfig(precision=64), n_grams=5, num_buckets=48, hashes_per_bucket=3)
 
 
-def run_datatrove(inp: Path, out: Path, lang: str, workers: int) -> dict:
+def run_datatrove(inp: Path, out: Path, lang: str, workers: int, models: bool = False) -> dict:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
     from datatrove.pipeline.readers import JsonlReader
@@ -256,7 +363,7 @@ def run_datatrove(inp: Path, out: Path, lang: str, workers: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     files = sorted(p.name for p in inp.glob("*.jsonl.gz"))
     tasks = len(files)
-    filters = datatrove_filters(lang, tok)
+    filters = datatrove_filters(lang, tok) + (datatrove_model_filters(lang) if models else [])
     config = minhash_config()
     logs = out / "logs"
     start = time.time()
@@ -297,6 +404,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("/tmp/dp_bench"))
     parser.add_argument("--skip-datatrove", action="store_true")
+    parser.add_argument("--datatrove-arms", default="filters,models",
+                        help="datatrove variants to run: filters (its quality filters + MinHash, as before) and/or "
+                             "models (the same plus its fastText classifier and KenLM perplexity filters with our "
+                             "models: the like-for-like arm now that ours runs the model stages)")
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                         help="override a key of configs/data_pipeline.yaml for our pipeline (repeatable); "
                              f"default: {' '.join(BENCH_DEFINITION)}")
@@ -313,8 +424,12 @@ def main() -> None:
         planted = [json.loads(line) for line in open(args.out / f"planted_{lang}.jsonl", encoding="utf-8")]
         entry = {"corpus": gen}
         runners = {"ours": lambda: run_ours(data, args.out / f"ours_{lang}", lang, args.set)}
-        if not args.skip_datatrove:
+        arms = [] if args.skip_datatrove else args.datatrove_arms.split(",")
+        if "filters" in arms:
             runners["datatrove"] = lambda: run_datatrove(data, args.out / f"datatrove_{lang}", lang, args.workers)
+        if "models" in arms:
+            runners["datatrove_models"] = lambda: run_datatrove(data, args.out / f"datatrove_models_{lang}", lang,
+                                                                args.workers, models=True)
         for name, runner in runners.items():
             res = runner()
             entry[name] = {"seconds": round(res["seconds"], 1),
@@ -323,8 +438,10 @@ def main() -> None:
                            "reached_dedup": len(res["reached"]),
                            "dedup": score(res["removed"], res["reached"], planted)}
             print(json.dumps({lang: {name: entry[name]}}, indent=1), flush=True)
-        if "datatrove" in entry:
-            entry["speedup"] = round(entry["datatrove"]["seconds"] / entry["ours"]["seconds"], 2)
+        for arm in ("datatrove", "datatrove_models"):
+            if arm in entry:
+                entry["speedup" if arm == "datatrove" else "speedup_models"] = round(
+                    entry[arm]["seconds"] / entry["ours"]["seconds"], 2)
         results[lang] = entry
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

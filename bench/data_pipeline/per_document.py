@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import REPO, _patch_datatrove_xxhash, datatrove_filters, minhash_config, pipeline_config, regex_tokenizer  # noqa: E402
+from bench import (REPO, _patch_datatrove_xxhash, datatrove_filters, datatrove_model_filters, minhash_config,  # noqa: E402
+                   pipeline_config, regex_tokenizer)
 
 sys.path.insert(0, str(REPO))
 BATCH = 128  # documents per clean_records call, as ray.batch_size
@@ -34,16 +35,19 @@ def ours_cpu_seconds(rows: list[dict], plain_cfg) -> float:
     return time.process_time() - start
 
 
-def datatrove_cpu_seconds(rows: list[dict], lang: str, scratch: Path) -> tuple[float, int]:
-    """(CPU seconds, documents signed): datatrove's filters, then shingles + signature of what they keep."""
+def datatrove_cpu_seconds(rows: list[dict], lang: str, scratch: Path, models: bool = False) -> tuple[float, int]:
+    """(CPU seconds, documents signed): datatrove's filters (``models``: and its fastText + KenLM filters
+    with our models, bench.py's like-for-like arm), then shingles + signature of what they keep."""
     from datatrove.data import Document
     from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
 
     _patch_datatrove_xxhash()
     tok = regex_tokenizer(lang)
-    filters = datatrove_filters(lang, tok)
+    filters = datatrove_filters(lang, tok) + (datatrove_model_filters(lang) if models else [])
     signer = MinhashDedupSignature(output_folder=str(scratch), config=minhash_config(), language=tok)
     docs = [Document(text=r["text"], id=r["id"]) for r in rows]
+    for f in filters:  # load the models outside the timing, as ours does
+        f.filter(Document(text=docs[0].text, id="warm-up"))
     start, signed = time.process_time(), 0
     for doc in docs:
         verdicts = (f.filter(doc) for f in filters)  # True, False or (False, reason)
@@ -65,8 +69,10 @@ def main() -> None:
     mb = sum(len(r["text"].encode()) for r in rows) / 1e6
     ours = ours_cpu_seconds(rows, plain_cfg)
     theirs, signed = datatrove_cpu_seconds(rows, lang, Path(path).parent / "_dt_sig_scratch")
+    with_models, signed_m = datatrove_cpu_seconds(rows, lang, Path(path).parent / "_dt_sig_scratch", models=True)
     print(f"{lang}: {mb:.2f} MB, {len(rows)} docs; ours {ours / mb:.2f} cpu-s/MB; datatrove filters+signature "
-          f"{theirs / mb:.2f} cpu-s/MB (signed {signed}); ratio {theirs / ours:.2f}")
+          f"{theirs / mb:.2f} cpu-s/MB (signed {signed}), ratio {theirs / ours:.2f}; with its fastText + KenLM "
+          f"filters {with_models / mb:.2f} cpu-s/MB (signed {signed_m}), ratio {with_models / ours:.2f}")
 
 
 if __name__ == "__main__":
