@@ -47,7 +47,7 @@ from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
 from pretrain.checkpoint import save_synchronously
 from pretrain.growth.spec import GrowthConfigError, GrowthSpec, make_spec
 from pretrain.growth.streaming import DEFAULT_BUDGET_BYTES, grow_streaming, merge_parts, parts_dir
-from pretrain.growth.tensors import grow_state
+from pretrain.growth.tensors import LAYER_STACKED_PREFIX, grow_state, split_key
 
 RUN_CONFIG = "run_config.yaml"
 LAYOUT_FREE_SHARDING = ("fully_reshardable", "fully_sharded_model_space", None)
@@ -122,9 +122,21 @@ def grown_objects(checkpoint_dir: Path, spec: GrowthSpec) -> list[ShardedObject]
 
 
 def _sharded(tensors: dict[str, torch.Tensor]) -> dict[str, ShardedTensor]:
+    """One chunk per layer for layer-stacked keys, as the trainer and the streaming growth write
+    them: a whole stacked chunk would make every rank that loads one layer read all of them
+    (measured: 7.4x the checkpoint read on resume of an 8-layer one-process growth)."""
     rank = dist.get_rank() if dist.is_initialized() else 0
-    return {key: ShardedTensor.from_rank_offsets(key, tensor.contiguous(), replica_id=rank)
-            for key, tensor in tensors.items()}
+    sharded = {}
+    for key, tensor in tensors.items():
+        model_key = split_key(key)[1]
+        if not model_key.startswith(LAYER_STACKED_PREFIX):
+            sharded[key] = ShardedTensor.from_rank_offsets(key, tensor.contiguous(), replica_id=rank)
+            continue
+        layers = tensor.shape[0]
+        for layer in range(layers):
+            sharded[f"{key}|{layer}"] = ShardedTensor.from_rank_offsets(
+                key, tensor[layer:layer + 1].contiguous(), (0, layer, layers), replica_id=rank)
+    return sharded
 
 
 def grow_checkpoint(source: str | Path, target: str | Path, new_cfg: DictConfig, ramp_iters: int,
