@@ -167,9 +167,9 @@ def main() -> None:
     }
     (out / "results.json").write_text(json.dumps({**result, "curves": {"growth": grown, "scratch": scratch}}))
     print(json.dumps(result, indent=1))
-    growth_mask = [json.loads(line).get("growth_mask") for line in
-                   (growth_dirs[-1] / "metrics.jsonl").read_text().splitlines()]
-    print("masks of the first grown steps:", [m for m in growth_mask if m is not None][:5])
+    growth_rows = [row for row in map(json.loads, (growth_dirs[-1] / "metrics.jsonl").read_text().splitlines())
+                   if row.get("event") == "growth"]
+    print("growth rows (step, mask at growth):", [(row["step"], row["ramp"]) for row in growth_rows])
 
     import matplotlib
     matplotlib.use("Agg")
