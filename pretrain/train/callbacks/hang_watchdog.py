@@ -134,12 +134,10 @@ class HangWatchdog:
                 append_jsonl(self.run_dir / METRICS, row)
         except OSError as err:
             print(f"warning: the hang row was not written ({err})", file=sys.stderr, flush=True)
-        if row["kind"] == "frozen":
-            for named in row["ranks"]:
-                kill_if_sibling(named["pid"], named["host"], self.host)
         sys.stderr.flush()
         sys.stdout.flush()
-        os._exit(HANG_EXIT_CODE)
+        frozen = [(r["pid"], r["host"]) for r in row["ranks"]] if row["kind"] == "frozen" else []
+        exit_then_kill(frozen, self.host, HANG_EXIT_CODE)
 
     def _claim_row(self) -> bool:
         """One ``hang`` row per attempt: the first rank to create the marker writes it."""
@@ -149,6 +147,29 @@ class HangWatchdog:
             return True
         except FileExistsError:
             return False
+
+
+def exit_then_kill(frozen: list[tuple[int | None, str | None]], my_host: str, code: int,
+                   wait_s: float = 2.0) -> None:
+    """Exit with ``code``, *then* SIGKILL the frozen siblings (a stopped process ignores the
+    agent's SIGTERM, so without the kill the restart waits out the agent's shutdown timeout).
+
+    The order matters: torchrun reports the first failure it observes. Killing first raced with
+    the agent's poll on a loaded host, so the restart was blamed on the sibling's SIGKILL (-9)
+    instead of this rank's hang exit. A forked child does the kill once this process is gone
+    (re-parented), or after ``wait_s`` where the agent is a subreaper and stays its parent.
+    """
+    agent = os.getppid()
+    if frozen and os.fork() == 0:  # the child: no printing, logging or imports (locks of threads left behind)
+        try:
+            deadline = time.monotonic() + wait_s
+            while os.getppid() == agent and time.monotonic() < deadline:
+                time.sleep(0.01)
+            for pid, host in frozen:
+                kill_if_sibling(pid, host, my_host, agent=agent)
+        finally:
+            os._exit(0)
+    os._exit(code)
 
 
 def watchdog_from(cfg: DictConfig) -> HangWatchdog | None:

@@ -104,8 +104,9 @@ def suspects(beats: dict[int, Heartbeat | None], now: float, frozen_after_s: flo
     return "collective", sorted(position)
 
 
-def kill_if_sibling(pid: int | None, host: str | None, my_host: str) -> bool:
-    """SIGKILL ``pid`` if it runs on this host under the same parent (our torchrun agent)."""
+def kill_if_sibling(pid: int | None, host: str | None, my_host: str, agent: int | None = None) -> bool:
+    """SIGKILL ``pid`` if it runs on this host under the same parent (our torchrun agent;
+    ``agent`` names it for a caller that has been re-parented since)."""
     if pid is None or host != my_host or pid == os.getpid():
         return False
     try:
@@ -113,7 +114,7 @@ def kill_if_sibling(pid: int | None, host: str | None, my_host: str) -> bool:
         parent = int(stat.rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return False
-    if parent != os.getppid():
+    if parent != (os.getppid() if agent is None else agent):
         return False
     try:
         os.kill(pid, signal.SIGKILL)
