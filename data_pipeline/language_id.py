@@ -1,4 +1,4 @@
-"""Language identification with py3langid.
+"""Language identification with py3langid (its feature walk vectorised: ``langid_walk``).
 
 py3langid is langid.py (Lui & Baldwin 2012) with numpy inference: 97 languages,
 a 3 MB model shipped inside the wheel (no download, which matters on clusters
@@ -20,9 +20,11 @@ def identifier():
     """Load the model once per worker process (0.8 s), not once per batch."""
     global _IDENTIFIER
     if _IDENTIFIER is None:
-        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+        from py3langid.langid import MODEL_FILE
 
-        _IDENTIFIER = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+        from data_pipeline.langid_walk import VectorisedIdentifier
+
+        _IDENTIFIER = VectorisedIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
     return _IDENTIFIER
 
 

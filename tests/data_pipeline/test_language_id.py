@@ -61,3 +61,36 @@ def test_an_untrusted_label_is_retried_on_more_text():
     assert lang == "zh" and score > 0.5
     no_retry = plain({**cfg, "retry_bytes": 0})
     assert identify_document(text, no_retry) == (short_lang, short_score)
+
+
+def test_the_tokenizer_automaton_is_no_deeper_than_the_vectorised_walk_assumes():
+    """langid_walk's six passes are exact only if no state lies deeper than AUTOMATON_DEPTH bytes from the root."""
+    import numpy as np
+
+    from data_pipeline.langid_walk import AUTOMATON_DEPTH
+    from data_pipeline.language_id import identifier
+
+    nextmove, rowbase, _ = identifier().tables()
+    depth = np.full(len(rowbase), -1)
+    depth[0], frontier, level = 0, np.array([0]), 0
+    while len(frontier):  # breadth-first: in an Aho-Corasick automaton a state's distance is its string's length
+        reached = np.unique(nextmove[(rowbase[frontier][:, None] + np.arange(256)[None, :]).ravel()])
+        frontier, level = reached[depth[reached] < 0], level + 1
+        depth[frontier] = level
+    assert (depth >= 0).all() and depth.max() == AUTOMATON_DEPTH
+
+
+def test_the_vectorised_walk_gives_py3langid_labels_and_scores_bit_for_bit():
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    from data_pipeline.language_id import identifier
+
+    reference = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    texts = [r["text"] for name in ("en_docs", "zh_docs", "zh_classical", "multilingual_docs") for r in read_corpus(name)]
+    heads = [t.encode("utf-8", "surrogatepass")[:budget].decode("utf-8", "ignore")
+             for t in texts for budget in (1000, 4000)]
+    edge = ["", "a", "ab", "SHOUTED ENGLISH TEXT", "中", "e\u0301t\u00e9", "\ud800 lone surrogate", "🙂" * 40,
+            "\x00\x01\x02", " " * 7] + list(SAMPLES.values())
+    for text in heads + edge:
+        assert identifier().classify(text) == reference.classify(text), text[:60]
+    assert len(heads) > 1000

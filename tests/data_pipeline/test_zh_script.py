@@ -45,3 +45,30 @@ def test_convert_on_request():
     (row,) = clean_records(_rows([traditional]), cfg).to_pylist()
     assert row["zh_script"] == HANS and detect_script(row["text"]) == HANS
     assert to_simplified(row["text"]) == row["text"]  # no Traditional form left
+
+
+def test_table_verdicts_equal_in_context_verdicts_and_close_calls_are_counted_in_context():
+    import numpy as np
+
+    from data_pipeline import chinese_script as cs
+
+    pure = [r["text"] for name in ("zh_docs", "zh_classical", "multilingual_docs") for r in read_corpus(name)]
+    pure = [t for t in pure if sum("\u4e00" <= ch <= "\u9fff" for ch in t[:cs.SAMPLE_CHARS]) >= 50]
+    traditional = [to_traditional(t) for t in pure]
+    mixed = [to_traditional(t[:len(t) // 2]) + t[len(t) // 2:] for t in pure]  # close calls by construction
+    taken_from_table = 0
+    for text in pure + traditional + mixed:
+        sample = text[:cs.SAMPLE_CHARS]
+        assert detect_script(text) == cs.detect_script_in_context(text), text[:60]
+        trad, simp = cs.table_counts(sample)
+        clear = trad + simp >= cs.MIN_EVIDENCE and abs(trad - simp) > cs.CLEAR_MARGIN * (trad + simp)
+        taken_from_table += clear
+        as_simp, as_trad = cs.converter("t2s").convert(sample), cs.converter("s2t").convert(sample)
+        if clear and len(as_simp) == len(sample) == len(as_trad):  # the table's drift from in-context counts
+            orig, s, t = cs._codes(sample), cs._codes(as_simp), cs._codes(as_trad)
+            drift = abs(int(np.count_nonzero((s != orig) & (t == orig))) - trad) \
+                + abs(int(np.count_nonzero((t != orig) & (s == orig))) - simp)
+            assert drift < abs(trad - simp), text[:60]  # a verdict the drift could not have flipped
+    assert len(pure) > 300
+    assert taken_from_table >= 0.95 * 2 * len(pure)  # the pure and fully converted documents take the fast path
+    assert taken_from_table < len(pure) * 3  # and some half-converted ones do not
