@@ -69,6 +69,9 @@ def main(cfg: DictConfig) -> None:
     if "WORLD_SIZE" not in os.environ and world_size > 1:
         overrides = list(HydraConfig.get().overrides.task)
         sys.exit(relaunch_locally(world_size, overrides))
+    from pretrain.cpu_shims import defer_torch_compile
+
+    defer_torch_compile()  # before megatron is imported; CPU only
     from pretrain.train.run import run
     from pretrain.train.setup import shutdown
 

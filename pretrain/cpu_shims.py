@@ -26,6 +26,7 @@ instead of crashing at import.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Callable
 
@@ -152,3 +153,36 @@ def enter_mode_in_thread() -> None:
     """Function modes are thread-local: push ours on a worker thread too."""
     if _activated:
         CudaToCpuMode().__enter__()
+
+
+def defer_torch_compile(cuda_available: bool | None = None) -> bool:
+    """Make ``torch.compile`` compile at a function's first call, not at decoration; call before importing megatron.
+
+    megatron-core decorates its fused kernels with ``torch.compile`` at import
+    (``megatron.core.jit.jit_fuser``), and the first such call imports dynamo
+    and inductor: 2-4 s of CPU in every trainer process, while the CPU path
+    never calls those kernels (``fast_path`` turns the fusions off without a
+    GPU). Deferred, the import happens only if one is called, and then the
+    function is compiled exactly as before. Returns whether it was installed.
+    """
+    if not shims_needed(cuda_available) or getattr(torch.compile, "_deferred", False):
+        return False
+    compile_now = torch.compile
+
+    def compile_at_first_call(model: Any = None, **options: Any) -> Any:
+        if model is None:  # used as @torch.compile(mode=...)
+            return lambda fn: compile_at_first_call(fn, **options)
+        compiled = None
+
+        @functools.wraps(model)
+        def first_call_compiles(*args: Any, **kwargs: Any) -> Any:
+            nonlocal compiled
+            if compiled is None:
+                compiled = compile_now(model, **options)
+            return compiled(*args, **kwargs)
+
+        return first_call_compiles
+
+    compile_at_first_call._deferred = True  # type: ignore[attr-defined]
+    torch.compile = compile_at_first_call
+    return True

@@ -84,6 +84,8 @@ INERT_CHECKS = textwrap.dedent("""
     assert cpu_shims.shims_needed(cuda_available=False) is True
     assert cpu_shims.activate_cpu_shims(cuda_available=True) is False
     assert torch.cuda.current_device is current_device_before
+    compile_before = torch.compile
+    assert cpu_shims.defer_torch_compile(cuda_available=True) is False and torch.compile is compile_before
     assert not cpu_shims.shims_active()
     print("INERT-OK")
 """)
@@ -95,3 +97,30 @@ def test_shims_are_inert_when_cuda_is_present(repo_root):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "INERT-OK" in result.stdout
+
+
+DEFERRED_COMPILE_CHECKS = textwrap.dedent("""
+    import sys, torch
+    from pretrain.cpu_shims import defer_torch_compile
+    assert defer_torch_compile() is True and defer_torch_compile() is False  # once
+    import megatron.core  # decorates its fused kernels with torch.compile
+    from megatron.core.fusions.fused_bias_swiglu import bias_swiglu
+    assert "torch._dynamo" not in sys.modules and "torch._inductor" not in sys.modules
+
+    @torch.compile(backend="eager")
+    def double(x):
+        return 2 * x
+
+    assert double.__name__ == "double"
+    assert torch.equal(double(torch.ones(3)), torch.full((3,), 2.0))  # compiled at its first call
+    assert "torch._dynamo" in sys.modules
+    print("DEFERRED-OK")
+""")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="deferral is a CPU shim")
+def test_torch_compile_is_deferred_to_the_first_call_so_importing_megatron_skips_dynamo(repo_root):
+    result = subprocess.run([sys.executable, "-c", DEFERRED_COMPILE_CHECKS], cwd=repo_root, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "DEFERRED-OK" in result.stdout
