@@ -456,6 +456,24 @@ def stage_errors(cfg: DictConfig, manifest: dict | None) -> list[str]:
     return errors
 
 
+def growth_source_errors(cfg: DictConfig) -> list[str]:
+    """A grown stage that has not grown yet must point ``growth.source`` at a finalised checkpoint.
+
+    Otherwise the mistake surfaced only when every rank of the stage had started and reached
+    ``growth_start`` (minutes of allocation on a cluster). Once the stage has grown, its own
+    checkpoints carry it and the source is no longer read.
+    """
+    from pretrain.config.resolve import RUN_CONFIG, growth_source, latest_checkpoint
+
+    source = growth_source(cfg)
+    if source is None or latest_checkpoint(cfg.run_dir) is not None:  # as growth_start decides
+        return []
+    if not (source / RUN_CONFIG).is_file():
+        return [f"growth.source={source}: not a finalised trainer checkpoint (no {RUN_CONFIG}); "
+                "point it at an iter_* directory of the previous stage"]
+    return []
+
+
 def config_errors(cfg: DictConfig, world_size: int | None, manifest: dict | None,
                   check_data: bool = True, on_gpu: bool | None = None) -> list[str]:
     """``on_gpu``: whether the ranks train on GPUs (None: ask, :func:`runs_on_gpu`)."""
@@ -467,8 +485,8 @@ def config_errors(cfg: DictConfig, world_size: int | None, manifest: dict | None
     errors += misc_errors(cfg) + stage_errors(cfg, manifest if check_data else None)
     if not errors and cfg.model.seq_length >= 1:   # the planner needs a valid layout to say anything useful
         errors += fit_errors(cfg)
-    if check_data:
-        errors += data_errors(cfg, manifest)
+    if check_data:  # the file-system rules
+        errors += data_errors(cfg, manifest) + growth_source_errors(cfg)
     return errors
 
 

@@ -241,3 +241,24 @@ def test_the_heldout_loss_never_counts_a_token_twice(data_dir, manifest, tmp_pat
     too_many = cfg_with(data_dir, f"train.eval_iters={3 * most}")
     assert errors_for(data_dir, manifest, f"train.eval_iters={3 * most}")
     assert _tokens_predicted_twice(too_many, manifest, tmp_path / "b") > 0  # what the rule prevents
+
+
+def test_a_growth_source_that_is_not_a_checkpoint_is_refused_before_launch(data_dir, manifest, tmp_path):
+    from pretrain.config.resolve import RUN_CONFIG
+
+    source = tmp_path / "small" / "checkpoints" / "iter_0000010"
+    overrides = (f"run_dir={tmp_path / 'grown'}", f"growth={{source: '{source}', ramp_iters: 2}}")
+    errors = errors_for(data_dir, manifest, *overrides)
+    assert any(e.startswith(f"growth.source={source}: not a finalised trainer checkpoint") for e in errors), errors
+    source.mkdir(parents=True)
+    (source / RUN_CONFIG).write_text("model: {}\n")
+    assert not any("growth.source" in e for e in errors_for(data_dir, manifest, *overrides))
+    # a stage that has grown already resumes from its own checkpoints: the source is not read again
+    (source / RUN_CONFIG).unlink()
+    from pretrain.config.resolve import LATEST
+
+    grown = tmp_path / "grown" / "checkpoints" / "iter_0000010"
+    grown.mkdir(parents=True)
+    (grown / RUN_CONFIG).write_text("model: {}\n")
+    (grown.parent / LATEST).write_text(grown.name + "\n")
+    assert not any("growth.source" in e for e in errors_for(data_dir, manifest, *overrides))
