@@ -96,19 +96,25 @@ def detect_script(text: str) -> str:
     return detect_script_in_context(sample)
 
 
-def detect_script_in_context(text: str) -> str:
-    """``detect_script`` counted on OpenCC's in-context conversions of the sample, phrase rules included.
+def in_context_counts(sample: str) -> tuple[int, int] | None:
+    """(Traditional-only, Simplified-only) characters of ``sample`` by OpenCC's in-context conversions.
 
     Both conversions run once over the sample in OpenCC's C++ and are compared
-    position by position in numpy; only when a phrase rule changed the length
-    does it fall back to the per-character table.
+    position by position in numpy; None when a phrase rule changed the length,
+    so positions no longer line up.
     """
-    sample = text[:SAMPLE_CHARS]
     as_simp, as_trad = converter("t2s").convert(sample), converter("s2t").convert(sample)
-    if len(as_simp) == len(sample) == len(as_trad):
-        orig, s, t = _codes(sample), _codes(as_simp), _codes(as_trad)
-        return _verdict(int(np.count_nonzero((s != orig) & (t == orig))), int(np.count_nonzero((t != orig) & (s == orig))))
-    return _verdict(*table_counts(sample))
+    if not len(as_simp) == len(sample) == len(as_trad):
+        return None
+    orig, s, t = _codes(sample), _codes(as_simp), _codes(as_trad)
+    return int(np.count_nonzero((s != orig) & (t == orig))), int(np.count_nonzero((t != orig) & (s == orig)))
+
+
+def detect_script_in_context(text: str) -> str:
+    """``detect_script`` counted in context, phrase rules included (the per-character table where lengths differ)."""
+    sample = text[:SAMPLE_CHARS]
+    counts = in_context_counts(sample)
+    return _verdict(*(counts if counts is not None else table_counts(sample)))
 
 
 def to_simplified(text: str) -> str:
