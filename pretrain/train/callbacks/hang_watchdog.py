@@ -34,7 +34,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pretrain.train.callback import Callback, StepOutcome, TrainerView
-from pretrain.train.callbacks.heartbeats import (Heartbeat, attempt_id, heartbeat_dir, kill_if_sibling,
+from pretrain.train.callbacks.heartbeats import (Heartbeat, attempt_id, exit_then_kill, heartbeat_dir,
                                                  read_heartbeats, suspects, write_heartbeat)
 from pretrain.train.monitor import METRICS, append_jsonl
 
@@ -147,29 +147,6 @@ class HangWatchdog:
             return True
         except FileExistsError:
             return False
-
-
-def exit_then_kill(frozen: list[tuple[int | None, str | None]], my_host: str, code: int,
-                   wait_s: float = 2.0) -> None:
-    """Exit with ``code``, *then* SIGKILL the frozen siblings (a stopped process ignores the
-    agent's SIGTERM, so without the kill the restart waits out the agent's shutdown timeout).
-
-    The order matters: torchrun reports the first failure it observes. Killing first raced with
-    the agent's poll on a loaded host, so the restart was blamed on the sibling's SIGKILL (-9)
-    instead of this rank's hang exit. A forked child does the kill once this process is gone
-    (re-parented), or after ``wait_s`` where the agent is a subreaper and stays its parent.
-    """
-    agent = os.getppid()
-    if frozen and os.fork() == 0:  # the child: no printing, logging or imports (locks of threads left behind)
-        try:
-            deadline = time.monotonic() + wait_s
-            while os.getppid() == agent and time.monotonic() < deadline:
-                time.sleep(0.01)
-            for pid, host in frozen:
-                kill_if_sibling(pid, host, my_host, agent=agent)
-        finally:
-            os._exit(0)
-    os._exit(code)
 
 
 def watchdog_from(cfg: DictConfig) -> HangWatchdog | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -121,3 +122,29 @@ def kill_if_sibling(pid: int | None, host: str | None, my_host: str, agent: int 
         return True
     except OSError:
         return False
+
+
+def exit_then_kill(frozen: list[tuple[int | None, str | None]], my_host: str, code: int,
+                   wait_s: float = 2.0, grace_s: float = 0.5) -> None:
+    """Exit with ``code``, *then* SIGKILL the frozen siblings (a stopped process ignores the
+    agent's SIGTERM, so without the kill the restart waits out the agent's shutdown timeout).
+
+    The order matters: torchrun reports the first failure it observes, and it stamps failures
+    in whole seconds, so two deaths seen in one poll tie. Killing first raced with the agent's
+    poll, and the restart was blamed on the sibling's SIGKILL (-9) instead of this rank's hang
+    exit. So a forked child waits until this process is gone (it is re-parented) and then
+    ``grace_s`` more, several of the agent's 0.1 s monitor polls, before it kills; ``wait_s``
+    bounds the wait should this process outlive it.
+    """
+    me, agent = os.getpid(), os.getppid()
+    if frozen and os.fork() == 0:  # the child: no printing, logging or imports (locks of threads left behind)
+        try:
+            deadline = time.monotonic() + wait_s
+            while os.getppid() == me and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(grace_s)
+            for pid, host in frozen:
+                kill_if_sibling(pid, host, my_host, agent=agent)
+        finally:
+            os._exit(0)
+    os._exit(code)

@@ -11,6 +11,8 @@ logged once. The pure rules are tested without processes below.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -152,6 +154,31 @@ def test_only_a_sibling_on_this_host_is_killed():
                                 env={**clean_env(), "PYTHONPATH": str(REPO_ROOT)}, timeout=60)
         assert killer.returncode == 0       # same parent (this test), same host: killed
         assert victim.wait(timeout=10) == -9
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+DETECTOR = ("import socket, sys; from pretrain.train.callbacks.heartbeats import exit_then_kill; "
+            "h = socket.gethostname(); exit_then_kill([(int(sys.argv[1]), h)], h, 79)")
+
+
+def test_the_hang_exit_is_observed_before_the_frozen_sibling_dies():
+    """torchrun blames the first failure it observes: the detector's exit must come first.
+
+    This test plays the agent: both processes are its children, the victim is SIGSTOPped, and
+    the detector exits 79. When ``wait`` sees that exit the victim must still be alive (its
+    SIGKILL comes from the detector's forked child after ``grace_s``), and then it must die.
+    Killing before exiting, or a child that did not wait, made torchrun report ``exitcode: -9``.
+    """
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(victim.pid, signal.SIGSTOP)
+        detector = subprocess.Popen([sys.executable, "-c", DETECTOR, str(victim.pid)], cwd=REPO_ROOT,
+                                    env={**clean_env(), "PYTHONPATH": str(REPO_ROOT)})
+        assert detector.wait(timeout=60) == HANG_EXIT_CODE
+        assert victim.poll() is None, "the sibling died before the agent could see the hang exit"
+        assert victim.wait(timeout=10) == -signal.SIGKILL
     finally:
         victim.kill()
         victim.wait()
