@@ -125,7 +125,7 @@ def kill_if_sibling(pid: int | None, host: str | None, my_host: str, agent: int 
 
 
 def exit_then_kill(frozen: list[tuple[int | None, str | None]], my_host: str, code: int,
-                   wait_s: float = 2.0, grace_s: float = 0.5) -> None:
+                   wait_s: float = 2.0, grace_s: float = 1.0) -> None:
     """Exit with ``code``, *then* SIGKILL the frozen siblings (a stopped process ignores the
     agent's SIGTERM, so without the kill the restart waits out the agent's shutdown timeout).
 
@@ -133,8 +133,8 @@ def exit_then_kill(frozen: list[tuple[int | None, str | None]], my_host: str, co
     in whole seconds, so two deaths seen in one poll tie. Killing first raced with the agent's
     poll, and the restart was blamed on the sibling's SIGKILL (-9) instead of this rank's hang
     exit. So a forked child waits until this process is gone (it is re-parented) and then
-    ``grace_s`` more, several of the agent's 0.1 s monitor polls, before it kills; ``wait_s``
-    bounds the wait should this process outlive it.
+    ``grace_s`` more, ten of the agent's 0.1 s monitor polls (room for an agent starved of CPU
+    on a busy host), before it kills; ``wait_s`` bounds the wait should this process outlive it.
     """
     me, agent = os.getpid(), os.getppid()
     if frozen and os.fork() == 0:  # the child: no printing, logging or imports (locks of threads left behind)
