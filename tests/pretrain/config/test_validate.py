@@ -244,7 +244,7 @@ def test_the_heldout_loss_never_counts_a_token_twice(data_dir, manifest, tmp_pat
 
 
 def test_a_growth_source_that_is_not_a_checkpoint_is_refused_before_launch(data_dir, manifest, tmp_path):
-    from pretrain.config.resolve import RUN_CONFIG
+    from pretrain.config.resolve import LATEST, RUN_CONFIG
 
     source = tmp_path / "small" / "checkpoints" / "iter_0000010"
     overrides = (f"run_dir={tmp_path / 'grown'}", f"growth={{source: '{source}', ramp_iters: 2}}")
@@ -255,8 +255,6 @@ def test_a_growth_source_that_is_not_a_checkpoint_is_refused_before_launch(data_
     assert not any("growth.source" in e for e in errors_for(data_dir, manifest, *overrides))
     # a stage that has grown already resumes from its own checkpoints: the source is not read again
     (source / RUN_CONFIG).unlink()
-    from pretrain.config.resolve import LATEST
-
     grown = tmp_path / "grown" / "checkpoints" / "iter_0000010"
     grown.mkdir(parents=True)
     (grown / RUN_CONFIG).write_text("model: {}\n")

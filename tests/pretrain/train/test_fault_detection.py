@@ -160,7 +160,7 @@ def test_only_a_sibling_on_this_host_is_killed():
 
 
 DETECTOR = ("import socket, sys; from pretrain.train.callbacks.heartbeats import exit_then_kill; "
-            "h = socket.gethostname(); exit_then_kill([(int(sys.argv[1]), h)], h, 79)")
+            f"h = socket.gethostname(); exit_then_kill([(int(sys.argv[1]), h)], h, {HANG_EXIT_CODE})")
 
 
 def test_the_hang_exit_is_observed_before_the_frozen_sibling_dies():
